@@ -1,0 +1,338 @@
+"""One evaluation harness for every family: likelihoods, sample quality on digits, 2-D distances, cost.
+
+| name in code | meaning |
+| ------------ | ------- |
+| ``nll``      | negative log-likelihood in nats per image, -log P(x) |
+| ``D``        | dimensions per image (64 for 8x8 digits) |
+| ``K``        | grey levels (17 for digits) |
+| ``bpd``      | bits per dimension, nll / (D ln 2) |
+| ``FD``       | Frechet distance between Gaussians fitted to classifier features (Heusel et al. 2017) |
+
+Chapter 1 ("The evaluation harness") validates every piece here before later chapters use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genbook import data
+
+# ----------------------------------------------------------------------------- likelihoods
+
+
+@dataclass(frozen=True)
+class NLL:
+    """A test NLL in nats per image with its bits/dim; ``bound`` marks an upper bound (ELBO, dequantization)."""
+
+    nats: float
+    dims: int
+    bound: bool = False
+
+    @property
+    def bpd(self) -> float:
+        return bits_per_dim(self.nats, self.dims)
+
+    def __str__(self) -> str:
+        rel = "<=" if self.bound else "="
+        kind = " (upper bound)" if self.bound else " (exact)"
+        return f"NLL {rel} {self.nats:.2f} nats/image, {self.bpd:.3f} bits/dim{kind}"
+
+
+def bits_per_dim(nll_nats: float | torch.Tensor, dims: int) -> float | torch.Tensor:
+    """bits/dim = NLL / (D ln 2)."""
+    return nll_nats / (dims * math.log(2))
+
+
+def uniform_nll(dims: int = 64, levels: int = data.DIGIT_LEVELS) -> NLL:
+    """The model that gives every image the same probability K^-D: NLL = D ln K (64 ln 17 ~ 181.3 for digits)."""
+    return NLL(dims * math.log(levels), dims)
+
+
+def categorical_nll(logits: torch.Tensor, x_int: torch.Tensor) -> torch.Tensor:
+    """Exact discrete NLL per image: -sum_i log softmax(logits)_i[x_i].
+
+    Shapes: logits (B, K, *pixels), x_int (B, *pixels) with values 0..K-1 -> (B,).
+    """
+    nll = F.cross_entropy(logits, x_int, reduction="none")  # (B, *pixels)
+    return nll.flatten(1).sum(1)
+
+
+def dequantized_nll(log_p_y: torch.Tensor, dims: int, levels: int = data.DIGIT_LEVELS) -> torch.Tensor:
+    """Upper bound on the discrete NLL from a density on y = (x_int + u) / K in [0, 1)^D.
+
+    -log P(x) <= E_u[-log p(y)] + D log K (Jensen; Theis et al. 2016). ``log_p_y`` (B,) -> (B,).
+    """
+    return -log_p_y + dims * math.log(levels)
+
+
+# ----------------------------------------------------------------------------- the digits classifier
+
+
+class DigitsClassifier(nn.Module):
+    """A small CNN on 8x8 digits in [0, 1]; ``features`` gives the 64-d vectors the Frechet distance uses."""
+
+    def __init__(self, width: int = 32, feature_dim: int = 64):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 8 -> 4
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 4 -> 2
+            nn.Flatten(),
+            nn.Linear(2 * width * 4, feature_dim),
+            nn.ReLU(),
+        )
+        self.head = nn.Linear(feature_dim, 10)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1:] != (1, 8, 8):
+            raise ValueError(f"the digits harness takes images of shape (B, 1, 8, 8) in [0, 1], got {tuple(x.shape)}")
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+CLASSIFIER_RECIPE = {"width": 32, "feature_dim": 64, "steps": 1500, "batch": 128, "lr": 2e-3, "seed": 1234, "shift": 1}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("GENBOOK_CACHE", Path.home() / ".cache" / "genbook"))
+
+
+def _random_shift(x: torch.Tensor, max_shift: int, g: torch.Generator) -> torch.Tensor:
+    """Translate each image by up to ``max_shift`` pixels (zero fill): cheap augmentation for 1000 images."""
+    pad = F.pad(x, (max_shift,) * 4)
+    n, size = x.shape[0], x.shape[-1]
+    dx, dy = torch.randint(0, 2 * max_shift + 1, (2, n), generator=g)
+    rows = (dy[:, None] + torch.arange(size))[:, :, None]  # (N, 8, 1)
+    cols = (dx[:, None] + torch.arange(size))[:, None, :]  # (N, 1, 8)
+    return pad[torch.arange(n)[:, None, None], 0, rows, cols].unsqueeze(1)  # (N, 1, 8, 8)
+
+
+def train_digits_classifier(recipe: dict | None = None) -> DigitsClassifier:
+    """Train the harness classifier on the digits train split, deterministically (fixed seed, CPU)."""
+    r = {**CLASSIFIER_RECIPE, **(recipe or {})}
+    g = torch.Generator().manual_seed(r["seed"])
+    torch.manual_seed(r["seed"])  # weight init
+    model = DigitsClassifier(r["width"], r["feature_dim"])
+    train = data.digits("train")
+    x, y = train.unit(), train.y
+    opt = torch.optim.Adam(model.parameters(), lr=r["lr"])
+    model.train()
+    for _ in range(r["steps"]):
+        idx = torch.randint(0, len(x), (r["batch"],), generator=g)
+        xb = _random_shift(x[idx], r["shift"], g) if r["shift"] else x[idx]
+        loss = F.cross_entropy(model(xb), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval().requires_grad_(False)
+
+
+_CLASSIFIER: DigitsClassifier | None = None
+
+
+def digits_classifier(verbose: bool = False) -> DigitsClassifier:
+    """The harness classifier: loaded from ``GENBOOK_CACHE`` if trained before, else trained (~15 s on 2 cores) and cached."""
+    global _CLASSIFIER
+    if _CLASSIFIER is not None:
+        return _CLASSIFIER
+    key = hashlib.sha256(repr(sorted(CLASSIFIER_RECIPE.items())).encode()).hexdigest()[:12]
+    path = cache_dir() / f"digits_classifier_{key}.pt"
+    model = DigitsClassifier(CLASSIFIER_RECIPE["width"], CLASSIFIER_RECIPE["feature_dim"])
+    if path.exists():
+        try:
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            _CLASSIFIER = model.eval().requires_grad_(False)
+            if verbose:
+                print(f"harness classifier loaded from {path}")
+            return _CLASSIFIER
+        except (RuntimeError, OSError, EOFError):
+            pass  # a stale or damaged cache file: retrain and overwrite it
+    start = time.perf_counter()
+    model = train_digits_classifier()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(model.state_dict(), tmp)
+        tmp.replace(path)
+    except OSError:
+        pass  # a read-only cache folder only costs a retrain next time
+    if verbose:
+        print(f"harness classifier trained in {time.perf_counter() - start:.1f} s, cached at {path}")
+    _CLASSIFIER = model
+    return model
+
+
+@torch.no_grad()
+def features(images: torch.Tensor, batch: int = 1024) -> torch.Tensor:
+    """Harness features (N, 64) of digit images (N, 1, 8, 8) in [0, 1], computed on the CPU."""
+    clf = digits_classifier()
+    x = images.detach().float().cpu().clamp(0, 1)
+    return torch.cat([clf.features(x[i : i + batch]) for i in range(0, len(x), batch)])
+
+
+@torch.no_grad()
+def classify(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted labels (N,) and the classifier's confidence in them (N,) for digit images in [0, 1]."""
+    clf = digits_classifier()
+    probs = clf.head(features(images)).softmax(-1)
+    conf, labels = probs.max(-1)
+    return labels, conf
+
+
+def label_histogram(images: torch.Tensor) -> np.ndarray:
+    """Fraction of images the classifier assigns to each digit 0..9 (a mode-coverage diagnostic)."""
+    labels, _ = classify(images)
+    return np.bincount(labels.numpy(), minlength=10) / len(labels)
+
+
+# ----------------------------------------------------------------------------- Frechet distance
+
+
+def frechet_distance(feat_a: torch.Tensor | np.ndarray, feat_b: torch.Tensor | np.ndarray) -> float:
+    """FD = |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between Gaussians fitted to two feature sets.
+
+    The trace of the matrix square root is computed as the sum of square roots of the eigenvalues
+    of S_a^(1/2) S_b S_a^(1/2), a symmetric PSD matrix with the same spectrum as S_a S_b.
+    """
+    a = np.asarray(feat_a, dtype=np.float64)
+    b = np.asarray(feat_b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"frechet_distance needs two (N, d) arrays with the same d, got {a.shape} and {b.shape}")
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError("frechet_distance needs at least 2 samples in each set")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    w, v = np.linalg.eigh(cov_a)
+    sqrt_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T  # S_a^(1/2)
+    mid = sqrt_a @ cov_b @ sqrt_a
+    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((mid + mid.T) / 2), 0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * tr_sqrt)
+
+
+_REFERENCE: dict[str, torch.Tensor] = {}
+
+
+def reference_features(split: str = "train") -> torch.Tensor:
+    """Harness features of a real digits split (cached in memory)."""
+    if split not in _REFERENCE:
+        _REFERENCE[split] = features(data.digits(split).unit())
+    return _REFERENCE[split]
+
+
+def fd_digits(images: torch.Tensor, reference: str = "train") -> float:
+    """FD between digit images (N, 1, 8, 8) in [0, 1] and a real split, on the harness features."""
+    return frechet_distance(features(images), reference_features(reference))
+
+
+def fd_floor() -> float:
+    """FD(real val, real train): what a perfect model would score with 350 samples. Printed beside every FD."""
+    return fd_digits(data.digits("val").unit(), "train")
+
+
+# ----------------------------------------------------------------------------- precision / recall, MMD
+
+
+def _kth_radius(x: torch.Tensor, k: int) -> torch.Tensor:
+    d = torch.cdist(x, x)  # (N, N)
+    return d.kthvalue(k + 1, dim=1).values  # k+1: the point itself is at distance 0
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019) on feature vectors (N, d).
+
+    precision = share of fake points inside some real point's k-NN ball; recall = the reverse.
+    """
+    real, fake = real.float(), fake.float()
+    r_real, r_fake = _kth_radius(real, k), _kth_radius(fake, k)
+    d = torch.cdist(fake, real)  # (N_fake, N_real)
+    precision = (d <= r_real[None, :]).any(1).float().mean().item()
+    recall = (d.T <= r_fake[None, :]).any(1).float().mean().item()
+    return precision, recall
+
+
+def precision_recall_digits(images: torch.Tensor, reference: str = "train", k: int = 3) -> tuple[float, float]:
+    """Precision and recall of digit images against a real split, on the harness features."""
+    return precision_recall(reference_features(reference), features(images), k)
+
+
+def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidths: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0)) -> float:
+    """Unbiased squared MMD (Gretton et al. 2012) with a sum of Gaussian kernels k(a, b) = exp(-|a-b|^2 / (2 h^2)).
+
+    MMD^2 = mean_{i!=j} k(x_i, x_j) + mean_{i!=j} k(y_i, y_j) - 2 mean_{i,j} k(x_i, y_j). Shapes: (N, d), (M, d).
+    """
+    x, y = x.double(), y.double()
+
+    def kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        d2 = torch.cdist(a, b).pow(2)
+        return sum(torch.exp(-d2 / (2 * h * h)) for h in bandwidths)
+
+    n, m = len(x), len(y)
+    kxx, kyy, kxy = kernel(x, x), kernel(y, y), kernel(x, y)
+    term_x = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
+    term_y = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+    return float(term_x + term_y - 2 * kxy.mean())
+
+
+# ----------------------------------------------------------------------------- corruptions (harness validation)
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Blur (B, C, H, W) images with a Gaussian of std ``sigma`` pixels (reflect padding); sigma=0 is identity."""
+    if sigma <= 0:
+        return images
+    radius = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=images.dtype)
+    k1 = torch.exp(-(t**2) / (2 * sigma**2))
+    k1 = k1 / k1.sum()
+    c = images.shape[1]
+    x = F.pad(images, (radius,) * 4, mode="reflect") if radius < images.shape[-1] else F.pad(images, (radius,) * 4, mode="replicate")
+    x = F.conv2d(x, k1.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)  # horizontal pass
+    return F.conv2d(x, k1.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)  # vertical pass
+
+
+# ----------------------------------------------------------------------------- cost
+
+
+class NFECounter(nn.Module):
+    """Wraps a network and counts its forward calls (network function evaluations, NFE)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.nfe = 0
+
+    def forward(self, *args, **kwargs):
+        self.nfe += 1
+        return self.net(*args, **kwargs)
+
+
+class Timer:
+    """``with Timer() as t: ...`` then ``t.seconds``; synchronizes CUDA so GPU work is counted."""
+
+    def __enter__(self) -> Timer:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.seconds = time.perf_counter() - self.start

@@ -1,0 +1,62 @@
+"""Convolutional residual blocks and 2-D self-attention, shared by UNets, VAEs and video models."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with the largest group count in (32, 16, 8, 4, 2, 1) that divides ``channels``."""
+    groups = next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0)
+    return nn.GroupNorm(groups, channels)
+
+
+class ResBlock(nn.Module):
+    """norm-act-conv twice with a skip; an optional embedding (time, label) is added in between.
+
+    h = conv(act(norm(x))) + W e;  out = skip(x) + conv(dropout(act(norm(h)))).
+    Shapes: x (B, C_in, H, W), emb (B, emb_dim) -> (B, C_out, H, W).
+    """
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int | None = None, dropout: float = 0.0):
+        super().__init__()
+        self.norm1, self.conv1 = group_norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.norm2, self.conv2 = group_norm(c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, c_out) if emb_dim else None
+        self.dropout = nn.Dropout(dropout)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        if self.emb is not None:
+            if emb is None:
+                raise ValueError("this ResBlock was built with an embedding; pass emb")
+            h = h + self.emb(emb)[:, :, None, None]  # (B, C_out, 1, 1) broadcast over pixels
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class SelfAttention2d(nn.Module):
+    """Multi-head self-attention over the H*W positions of a feature map, with a residual.
+
+    Shapes: (B, C, H, W) -> (B, C, H, W).
+    """
+
+    def __init__(self, channels: int, heads: int = 4):
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"channels ({channels}) must be divisible by heads ({heads})")
+        self.heads = heads
+        self.norm = group_norm(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w)  # (B, 3, nh, hd, HW)
+        q, k, v = qkv.permute(1, 0, 2, 4, 3)  # each (B, nh, HW, hd)
+        y = F.scaled_dot_product_attention(q, k, v)  # (B, nh, HW, hd)
+        y = y.permute(0, 1, 3, 2).reshape(b, c, h, w)  # (B, C, H, W)
+        return x + self.out(y)

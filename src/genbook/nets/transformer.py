@@ -1,0 +1,75 @@
+"""A tiny pre-norm transformer over token sequences (pixel transformers, MaskGIT, DiT-style models).
+
+``causal=True`` gives a decoder that sees only earlier positions (chapter 5); ``causal=False``
+gives a bidirectional encoder (MaskGIT, DiT).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class TransformerBlock(nn.Module):
+    """x + attn(LN(x)), then x + MLP(LN(x)). Shapes: (B, T, C) -> (B, T, C)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int = 4, dropout: float = 0.0):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        b, t, c = x.shape
+        qkv = self.qkv(self.ln1(x)).reshape(b, t, 3, self.heads, c // self.heads)  # (B, T, 3, nh, hd)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, nh, T, hd)
+        drop = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=drop)  # (B, nh, T, hd)
+        x = x + self.proj(y.transpose(1, 2).reshape(b, t, c))  # (B, T, C)
+        return x + self.mlp(self.ln2(x))
+
+
+@dataclass
+class TinyTransformerConfig:
+    vocab_size: int = 17  # tokens 0..vocab_size-1 (grey levels or codebook indices)
+    seq_len: int = 64
+    dim: int = 64
+    depth: int = 4
+    heads: int = 4
+    causal: bool = True
+    extra_tokens: int = 1  # extra ids after the vocabulary: a start token (causal) or [MASK] (MaskGIT)
+    num_classes: int | None = None  # when set, a class embedding is added to every position
+    dropout: float = 0.0
+
+
+class TinyTransformer(nn.Module):
+    """Token ids (B, T) -> logits (B, T, vocab_size)."""
+
+    def __init__(self, cfg: TinyTransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok = nn.Embedding(cfg.vocab_size + cfg.extra_tokens, cfg.dim)
+        self.pos = nn.Parameter(torch.zeros(1, cfg.seq_len, cfg.dim))
+        nn.init.normal_(self.pos, std=0.02)
+        self.cls = nn.Embedding(cfg.num_classes, cfg.dim) if cfg.num_classes else None
+        self.blocks = nn.ModuleList(TransformerBlock(cfg.dim, cfg.heads, dropout=cfg.dropout) for _ in range(cfg.depth))
+        self.ln = nn.LayerNorm(cfg.dim)
+        self.head = nn.Linear(cfg.dim, cfg.vocab_size)
+
+    def forward(self, tokens: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        b, t = tokens.shape
+        if t > self.cfg.seq_len:
+            raise ValueError(f"sequence of length {t} is longer than seq_len={self.cfg.seq_len}")
+        h = self.tok(tokens) + self.pos[:, :t]  # (B, T, C)
+        if self.cls is not None and y is not None:
+            h = h + self.cls(y)[:, None, :]
+        for block in self.blocks:
+            h = block(h, causal=self.cfg.causal)
+        return self.head(self.ln(h))  # (B, T, V)

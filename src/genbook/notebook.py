@@ -1,0 +1,83 @@
+"""Helpers that make a chapter honest: visible checks, source on the page, and the run report.
+
+``check`` is how a chapter states a claim: it prints a pass line that readers see in the
+rendered book, and raises with a clear message when the claim stops holding, so nbval fails.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from typing import Any
+
+from genbook import runtime
+
+
+class CheckFailed(AssertionError):
+    """A chapter's claim did not hold in this run."""
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def check(name: str, condition: bool, value: Any = None, expect: str = "") -> Any:
+    """Assert a chapter claim: print ``PASS name: value (expect)`` or raise :class:`CheckFailed`.
+
+    ``value`` is the measured number(s) the claim is about and ``expect`` the condition in words
+    (e.g. ``"> 0.95"``); both appear on the page. Returns ``value`` so a cell can reuse it.
+    """
+    shown = "" if value is None else f": {_fmt(value)}"
+    wanted = f" (expected {expect})" if expect else ""
+    rt = runtime.current()
+    ok = bool(condition)
+    if rt is not None:
+        rt.checks.append((name, ok, _fmt(value)))
+    if not ok:
+        raise CheckFailed(
+            f"CHECK FAILED {name}{shown}{wanted}. The chapter's claim does not hold in this run; "
+            "if you changed a setting, restore it, otherwise report this with the run report."
+        )
+    print(f"PASS {name}{shown}{wanted}")
+    return value
+
+
+def show_source(obj: Any) -> None:
+    """Show the source of a function or class from the package, highlighted, in the notebook."""
+    source = inspect.getsource(obj)
+    module = inspect.getmodule(obj)
+    where = f"{module.__name__}.{obj.__qualname__}" if module else obj.__qualname__
+    try:
+        from IPython.display import Markdown, display
+
+        display(Markdown(f"`{where}`\n\n```python\n{source}```"))
+    except ImportError:
+        print(f"# {where}\n{source}")
+
+
+def run_report(rt: runtime.Runtime | None = None) -> dict[str, Any]:
+    """Print and return what produced this chapter's outputs: device, profile, seed, wall time, checks, versions."""
+    rt = rt or runtime.current()
+    if rt is None:
+        raise RuntimeError("run_report() needs genbook.setup() to have been called first")
+    passed = sum(ok for _, ok, _ in rt.checks)
+    report = {
+        "profile": rt.profile,
+        "device": runtime.device_name(rt.device),
+        "seed": rt.seed,
+        "wall time (s)": round(rt.elapsed(), 1),
+        "checks passed": f"{passed}/{len(rt.checks)}",
+        "date": time.strftime("%Y-%m-%d"),
+        **runtime.versions(),
+    }
+    width = max(len(k) for k in report)
+    print("Run report")
+    for key, value in report.items():
+        print(f"  {key:<{width}}  {value}")
+    return report

@@ -1,0 +1,195 @@
+"""One training loop for every family: ``fit(model, loss_fn, batches, ...)``.
+
+Progress bar (tqdm.auto), loss history, a step and/or wall-clock budget, EMA of the weights,
+AMP on CUDA (bf16, or fp16 with a gradient scaler), gradient clipping, and checkpoints that
+carry their config and refuse to load into a model that does not match.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from genbook.runtime import amp_dtype as _amp_dtype
+
+
+class EMA:
+    """Exponential moving average of a model's weights: theta_ema <- d theta_ema + (1 - d) theta.
+
+    ``ema.model`` is a frozen copy to evaluate and sample with; buffers are copied as they are.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.999):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for p_ema, p in zip(self.model.parameters(), model.parameters()):
+            p_ema.lerp_(p.detach(), 1.0 - self.decay)  # d * ema + (1 - d) * p
+        for b_ema, b in zip(self.model.buffers(), model.buffers()):
+            b_ema.copy_(b)
+
+
+@dataclass
+class History:
+    """What ``fit`` measured: loss per step, extra logged values, steps and seconds taken."""
+
+    loss: list[float] = field(default_factory=list)
+    logs: dict[str, list[float]] = field(default_factory=dict)
+    steps: int = 0
+    seconds: float = 0.0
+
+    def smoothed(self, window: int = 50) -> list[float]:
+        """Running mean of the loss over ``window`` steps (for plots and for checks on the trend)."""
+        out, acc = [], 0.0
+        for i, v in enumerate(self.loss):
+            acc += v - (self.loss[i - window] if i >= window else 0.0)
+            out.append(acc / min(i + 1, window))
+        return out
+
+
+LossFn = Callable[[nn.Module, Any], "torch.Tensor | tuple[torch.Tensor, dict[str, float]]"]
+
+
+def fit(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Iterator[Any],
+    steps: int | None = None,
+    seconds: float | None = None,
+    lr: float = 1e-3,
+    optimizer: torch.optim.Optimizer | None = None,
+    ema: EMA | None = None,
+    clip: float | None = 1.0,
+    amp: bool | None = None,
+    progress: bool = True,
+    desc: str = "train",
+    history: History | None = None,
+) -> History:
+    """Minimize ``loss_fn(model, batch)`` over ``batches`` for ``steps`` steps or ``seconds`` seconds.
+
+    ``loss_fn`` returns a scalar tensor, or ``(loss, {name: value})`` to log extra numbers.
+    AMP is on by default when the model sits on a CUDA device. Passing ``history`` continues it.
+    """
+    if steps is None and seconds is None:
+        raise ValueError("fit needs a budget: steps=..., seconds=..., or both")
+    device = next(model.parameters()).device
+    dtype = _amp_dtype(device) if amp is not False else None
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    opt = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
+    hist = history or History()
+    total = steps if steps is not None else None
+    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, mininterval=0.5)
+    start = time.perf_counter()
+    model.train()
+    step = 0
+    while (steps is None or step < steps) and (seconds is None or time.perf_counter() - start < seconds):
+        batch = next(batches)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            out = loss_fn(model, batch)
+        loss, logs = out if isinstance(out, tuple) else (out, {})
+        if not torch.isfinite(loss):
+            bar.close()
+            raise FloatingPointError(f"loss became {loss.item()} at step {hist.steps + step}; lower lr or enable clip")
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+        else:
+            loss.backward()
+        if clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        if ema is not None:
+            ema.update(model)
+        hist.loss.append(loss.item())
+        for k, v in logs.items():
+            hist.logs.setdefault(k, []).append(float(v))
+        step += 1
+        if step % 25 == 0 or step == steps:
+            bar.set_postfix(loss=f"{sum(hist.loss[-25:]) / len(hist.loss[-25:]):.4f}", refresh=False)
+        bar.update(1)
+    bar.close()
+    model.eval()
+    hist.steps += step
+    hist.seconds += time.perf_counter() - start
+    return hist
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint whose config or weights do not fit the model it is loaded into."""
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(config):
+        config = dataclasses.asdict(config)
+    if not isinstance(config, dict):
+        raise TypeError("a checkpoint config must be a dataclass or a dict")
+    return json.loads(json.dumps(config, default=str))  # plain JSON types only: nothing to unpickle
+
+
+def config_hash(config: Any) -> str:
+    """A short content hash of a config, stable across runs and machines."""
+    text = json.dumps(_config_dict(config), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: Any, **extra: float | int | str) -> Path:
+    """Write weights, config (as JSON-safe data) and its hash; the file appears only when complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "state_dict": model.state_dict(),
+        "config": _config_dict(config),
+        "config_hash": config_hash(config),
+        "extra": dict(extra),
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, model: nn.Module, config: Any) -> dict[str, Any]:
+    """Load weights saved by :func:`save_checkpoint` into ``model`` after checking the config matches.
+
+    Uses ``weights_only=True``: a checkpoint can hold tensors and plain data, never code.
+    Raises :class:`CheckpointMismatch` naming the differing fields. Returns the ``extra`` dict.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    want = _config_dict(config)
+    have = payload.get("config", {})
+    if have != want:
+        diff = sorted(k for k in set(want) | set(have) if want.get(k, "<missing>") != have.get(k, "<missing>"))
+        details = ", ".join(f"{k}: checkpoint {have.get(k, '<missing>')!r} vs model {want.get(k, '<missing>')!r}" for k in diff)
+        raise CheckpointMismatch(f"checkpoint {path} was trained with a different config ({details}); retrain or pass its config")
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointMismatch(f"checkpoint {path} does not fit this model's weights: {exc}") from exc
+    return payload.get("extra", {})
