@@ -102,7 +102,10 @@ def dequantize(x_int: torch.Tensor, levels: int = DIGIT_LEVELS, generator: torch
     -log P(x_int) <= E_u[-log p(y)] + D log K; see :func:`genbook.metrics.dequantized_nll`.
     """
     u = torch.rand(x_int.shape, generator=generator, device="cpu").to(x_int.device)
-    return (x_int.float() + u) / levels
+    y = (x_int.float() + u) / levels
+    # float32 rounding can turn x + u (u just below 1) into x + 1: keep y strictly inside its cell
+    upper = torch.nextafter((x_int + 1).float() / levels, torch.zeros((), device=y.device))
+    return torch.minimum(y, upper)
 
 
 @lru_cache(maxsize=1)
@@ -274,7 +277,10 @@ class Sprites:
 
 def sprites(n: int, size: int = 16, seed: int = 0) -> Sprites:
     """n images of one shape each, with known factors: shape, colour, scale, position."""
-    g = torch.Generator().manual_seed(seed)
+    return _draw_sprites(n, size, torch.Generator().manual_seed(seed))
+
+
+def _draw_sprites(n: int, size: int, g: torch.Generator) -> Sprites:
     shape = torch.randint(0, len(SHAPES), (n,), generator=g)
     colour = torch.randint(0, len(COLOURS), (n,), generator=g)
     scale = size * (0.12 + 0.13 * torch.rand(n, generator=g))
@@ -305,7 +311,7 @@ def _bounce(p: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor
 def moving_sprites(n: int, frames: int = 8, size: int = 16, seed: int = 0, speed: float = 1.5) -> MovingSprites:
     """n clips of ``frames`` frames; each sprite moves with a random velocity of norm ``speed`` px/frame."""
     g = torch.Generator().manual_seed(seed)
-    still = sprites(n, size=size, seed=seed)
+    still = _draw_sprites(n, size, g)  # the velocities below continue the same random stream
     angle = 2 * math.pi * torch.rand(n, generator=g)
     vel = speed * torch.stack([torch.cos(angle), torch.sin(angle)], 1)  # (N, 2)
     t = torch.arange(frames, dtype=torch.float32)

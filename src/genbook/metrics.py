@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,7 +163,7 @@ def digits_classifier(verbose: bool = False) -> DigitsClassifier:
             if verbose:
                 print(f"harness classifier loaded from {path}")
             return _CLASSIFIER
-        except (RuntimeError, OSError, EOFError):
+        except (RuntimeError, OSError, EOFError, pickle.UnpicklingError):
             pass  # a stale or damaged cache file: retrain and overwrite it
     start = time.perf_counter()
     model = train_digits_classifier()
@@ -218,7 +219,7 @@ def frechet_distance(feat_a: torch.Tensor | np.ndarray, feat_b: torch.Tensor | n
     if len(a) < 2 or len(b) < 2:
         raise ValueError("frechet_distance needs at least 2 samples in each set")
     mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))  # (d, d), also for d = 1
     w, v = np.linalg.eigh(cov_a)
     sqrt_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T  # S_a^(1/2)
     mid = sqrt_a @ cov_b @ sqrt_a
@@ -302,7 +303,8 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     k1 = torch.exp(-(t**2) / (2 * sigma**2))
     k1 = k1 / k1.sum()
     c = images.shape[1]
-    x = F.pad(images, (radius,) * 4, mode="reflect") if radius < images.shape[-1] else F.pad(images, (radius,) * 4, mode="replicate")
+    mode = "reflect" if radius < min(images.shape[-2:]) else "replicate"  # reflect needs radius < H and W
+    x = F.pad(images, (radius,) * 4, mode=mode)
     x = F.conv2d(x, k1.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)  # horizontal pass
     return F.conv2d(x, k1.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)  # vertical pass
 

@@ -7,8 +7,11 @@ rendered book, and raises with a clear message when the claim stops holding, so 
 from __future__ import annotations
 
 import inspect
+import os
 import time
 from typing import Any
+
+from tqdm.auto import tqdm
 
 from genbook import runtime
 
@@ -27,11 +30,12 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def check(name: str, condition: bool, value: Any = None, expect: str = "") -> Any:
+def check(name: str, condition: bool, value: Any = None, expect: str = "") -> None:
     """Assert a chapter claim: print ``PASS name: value (expect)`` or raise :class:`CheckFailed`.
 
     ``value`` is the measured number(s) the claim is about and ``expect`` the condition in words
-    (e.g. ``"> 0.95"``); both appear on the page. Returns ``value`` so a cell can reuse it.
+    (e.g. ``"> 0.95"``); both appear on the page. Returns None, so a check can end a cell
+    without its value being echoed a second time.
     """
     shown = "" if value is None else f": {_fmt(value)}"
     wanted = f" (expected {expect})" if expect else ""
@@ -45,7 +49,18 @@ def check(name: str, condition: bool, value: Any = None, expect: str = "") -> An
             "if you changed a setting, restore it, otherwise report this with the run report."
         )
     print(f"PASS {name}{shown}{wanted}")
-    return value
+
+
+def static_output() -> bool:
+    """True when outputs are being recorded for the rendered book (``GENBOOK_STATIC=1``, set by ``make execute``)."""
+    return os.environ.get("GENBOOK_STATIC", "") not in ("", "0")
+
+
+def progress(iterable: Any = None, **kwargs: Any) -> tqdm:
+    """A tqdm.auto progress bar, switched off when recording for the book (a frozen bar reads as 0%)."""
+    kwargs.setdefault("mininterval", 0.5)
+    kwargs["disable"] = kwargs.get("disable", False) or static_output()
+    return tqdm(iterable, **kwargs)
 
 
 def show_source(obj: Any) -> None:

@@ -43,7 +43,7 @@ def _to_numpy_images(images: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def mosaic(images: torch.Tensor | np.ndarray, nrow: int | None = None, pad: int = 1) -> np.ndarray:
-    """Tile images (N, C, H, W) in [0, 1] into one (rows*(H+pad), cols*(W+pad), C) array, pad value 0.5."""
+    """Tile images (N, C, H, W) in [0, 1] into one (rows*(H+pad)-pad, cols*(W+pad)-pad, C) array; gaps are grey (0.5)."""
     x = _to_numpy_images(images)
     n, h, w, c = x.shape
     cols = nrow or math.ceil(math.sqrt(n))
@@ -150,11 +150,16 @@ def animate_clips(clips: torch.Tensor, interval: int = 200, scale: float = 1.2):
 
     n, t = clips.shape[:2]
     fig, ax = plt.subplots(figsize=(scale * n, scale * 1.1))
-    frame = ax.imshow(mosaic(clips[:, 0], nrow=n), interpolation="nearest")
+
+    def tile(i: int) -> np.ndarray:
+        grid = mosaic(clips[:, i], nrow=n)  # (H', W', C)
+        return grid[..., 0] if grid.shape[-1] == 1 else grid  # grey clips as 2-D so the colormap applies
+
+    frame = ax.imshow(tile(0), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_axis_off()
 
     def update(i: int):
-        frame.set_data(mosaic(clips[:, i], nrow=n))
+        frame.set_data(tile(i))
         return (frame,)
 
     anim = animation.FuncAnimation(fig, update, frames=t, interval=interval, blit=True)

@@ -22,7 +22,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -189,14 +189,3 @@ def setup(seed: int = 0, profile: str | None = None, device: str | None = None, 
         print(f"genbook: profile={prof}  device={device_name(dev)}  seed={seed}  amp={amp}")
         print(f"         {vers}", file=sys.stdout)
     return rt
-
-
-def to_device(obj: Any, device: torch.device) -> Any:
-    """Move a tensor, or the tensors inside a tuple, list or dict, to ``device``."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(to_device(o, device) for o in obj)
-    if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    return obj

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from genbook.notebook import progress as _progress
 from genbook.runtime import amp_dtype as _amp_dtype
 
 
@@ -93,8 +93,7 @@ def fit(
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     opt = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
     hist = history or History()
-    total = steps if steps is not None else None
-    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, mininterval=0.5)
+    bar = _progress(total=steps, desc=desc, disable=not progress, leave=False)
     start = time.perf_counter()
     model.train()
     step = 0

@@ -8,16 +8,17 @@ value in ``static_values``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import matplotlib.pyplot as plt
 
+from genbook.notebook import static_output
+
 
 def live_widgets() -> bool:
     """True when a slider would be seen: an IPython kernel with ipywidgets, and GENBOOK_STATIC unset."""
-    if os.environ.get("GENBOOK_STATIC", "") not in ("", "0"):
+    if static_output():
         return False
     try:
         import ipywidgets  # noqa: F401
@@ -45,13 +46,16 @@ def knob(
     default: Any = None,
     static_values: Sequence | None = None,
     panel: float = 2.6,
-):
-    """A slider over ``values`` redrawing ``render(value, ax)``, or static panels when widgets cannot show."""
+) -> None:
+    """A slider over ``values`` redrawing ``render(value, ax)``, or static panels when widgets cannot show.
+
+    Displays its output and returns None, so it can be the last line of a cell without a second copy.
+    """
     if not live_widgets():
         chosen = list(static_values) if static_values is not None else list(values)[:: max(1, len(values) // 4)][:5]
-        fig = static_panels(render, chosen, name)
+        static_panels(render, chosen, name)
         plt.show()
-        return fig
+        return None
     import ipywidgets as widgets
     from IPython.display import display
 
@@ -68,4 +72,4 @@ def knob(
     slider.observe(redraw, names="value")
     display(widgets.VBox([slider, out]))
     redraw()
-    return slider
+    return None

@@ -50,6 +50,8 @@ class DCGANDiscriminator(nn.Module):
 
     def __init__(self, channels: int = 1, size: int = 8, width: int = 64, out_dim: int = 1, norm: str = "none"):
         super().__init__()
+        if norm not in ("none", "batch", "layer"):
+            raise ValueError(f"unknown discriminator norm {norm!r}; use 'none', 'batch' or 'layer'")
         layers: list[nn.Module] = []
         c_in, c, s = channels, width, size
         while s > 4:

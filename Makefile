@@ -1,0 +1,60 @@
+# The book's commands. Each target sets itself up in a local virtual environment (.venv).
+# `make help` lists them.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+NOTEBOOKS := $(sort $(wildcard chapters/*.ipynb))
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help install book test test-unit test-notebooks test-book execute lint format clean distclean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## create .venv: CPU torch when there is no GPU, then requirements.txt and genbook (editable)
+
+$(STAMP): requirements.txt pyproject.toml tools/install_torch.py
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) tools/install_torch.py
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+book: $(STAMP) ## build the HTML book into _build/html from the committed notebooks (no execution)
+	$(VENV)/bin/jupyter-book build . $(BOOKFLAGS)
+
+test: $(STAMP) ## everything CI runs: lint, unit tests, notebooks (fast profile, nbval), book with warnings as errors
+	$(MAKE) lint
+	$(MAKE) test-unit
+	$(MAKE) test-notebooks
+	$(MAKE) test-book
+
+test-unit: $(STAMP) ## pytest on the package (CPU, seconds)
+	GENBOOK_PROFILE=fast $(PY) -m pytest tests/ -q --durations=5
+
+test-notebooks: $(STAMP) ## run every chapter with nbval in the fast profile (lax: cells must run, checks assert)
+	GENBOOK_PROFILE=fast GENBOOK_STATIC=1 $(PY) -m pytest --nbval-lax --nbval-cell-timeout=900 -p no:cacheprovider $(NOTEBOOKS) -q --durations=0
+
+test-book: $(STAMP) ## build the book from scratch with warnings as errors
+	rm -rf _build/html _build/.doctrees
+	$(VENV)/bin/jupyter-book build . -W -n --keep-going
+
+execute: $(STAMP) ## re-run the notebooks in place in the current profile (GENBOOK_PROFILE), keeping outputs
+	GENBOOK_STATIC=1 $(PY) tools/execute_notebooks.py $(NOTEBOOKS)
+
+lint: $(STAMP) ## ruff on the package, tests, tools and notebooks
+	$(VENV)/bin/ruff check src tests tools chapters
+	$(VENV)/bin/ruff format --check src tests tools chapters
+
+format: $(STAMP) ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix src tests tools chapters
+	$(VENV)/bin/ruff format src tests tools chapters
+
+clean: ## remove build outputs and caches (keeps .venv)
+	rm -rf _build _student .pytest_cache .ruff_cache
+	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
+
+distclean: clean ## also remove the virtual environment
+	rm -rf $(VENV)

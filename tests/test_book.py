@@ -1,0 +1,84 @@
+"""The book's wiring: table of contents, notebooks, repository URL, and the install path."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
+NOTEBOOKS = sorted((ROOT / "chapters").glob("*.ipynb"))
+REPO = CONFIG["repository"]["url"].rstrip("/")
+
+
+def toc_files() -> list[str]:
+    return [ch["file"] for part in TOC["parts"] for ch in part["chapters"]]
+
+
+def cells(nb_path: Path) -> list[dict]:
+    return json.loads(nb_path.read_text())["cells"]
+
+
+def test_toc_lists_every_chapter_and_every_entry_exists():
+    """Each chapters/*.ipynb is in _toc.yml, and every toc entry has a file behind it."""
+    files = toc_files()
+    for nb in NOTEBOOKS:
+        assert f"chapters/{nb.stem}" in files, f"{nb.name} is missing from _toc.yml"
+    for entry in [TOC["root"], *files]:
+        assert any((ROOT / f"{entry}{ext}").exists() for ext in (".md", ".ipynb")), f"toc entry {entry} has no file"
+
+
+@pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_links_and_install_line_use_the_configured_repository(nb_path):
+    """The Colab badge and the install line point at _config.yml's repository URL and this notebook's path."""
+    text = "".join("".join(c["source"]) for c in cells(nb_path))
+    colab = REPO.replace("https://github.com", "https://colab.research.google.com/github")
+    assert f"{colab}/blob/main/chapters/{nb_path.name}" in text, "Colab badge missing or pointing elsewhere"
+    assert f"git+{REPO}.git" in text, "the setup cell must install genbook from the configured repository"
+    for url in re.findall(r"https://github\.com/[\w.-]+/[\w.-]+", text):
+        assert url.removesuffix(".git") == REPO, f"{url} differs from the configured repository {REPO}"
+
+
+@pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_follows_the_contract_skeleton(nb_path):
+    """Outputs committed, no error outputs, checks present, solutions tagged, a run report at the end."""
+    code = [c for c in cells(nb_path) if c["cell_type"] == "code"]
+    outputs = [o for c in code for o in c.get("outputs", [])]
+    assert outputs, "committed without outputs"
+    assert not [o for o in outputs if o["output_type"] == "error"], "an error output is committed"
+    source = ["".join(c["source"]) for c in code]
+    assert any("check(" in s for s in source), "no check(...) cell"
+    assert any("setup(" in s for s in source[:2]), "genbook.setup() must run in the first code cells"
+    assert "run_report(" in source[-1], "the last cell prints the run report"
+    solutions = [c for c in code if "solution" in c.get("metadata", {}).get("tags", [])]
+    assert 3 <= len(solutions) <= 6, "3 to 6 exercise solutions, tagged 'solution'"
+    assert all("hide-cell" in c["metadata"]["tags"] for c in solutions), "solutions are hidden behind a toggle"
+    assert nb_path.stat().st_size < 8e6, "notebook over 8 MB: shrink figures"
+
+
+def test_requirements_use_ranges_not_pins():
+    """requirements.txt never pins an exact version (Colab brings its own torch)."""
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        assert "==" not in line, f"exact pin in requirements.txt: {line}"
+
+
+def test_torch_installer_prefers_a_local_cpu_wheel(tmp_path, monkeypatch):
+    """Without a GPU, tools/install_torch.py picks a +cpu wheel from a find-links folder over the CUDA build."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("install_torch", ROOT / "tools" / "install_torch.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    import sys
+
+    tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    for name in (f"torch-2.14.1-{tag}-{tag}-manylinux_2_28_x86_64.whl", f"torch-2.13.0+cpu-{tag}-{tag}-manylinux_2_28_x86_64.whl"):
+        (tmp_path / name).write_bytes(b"")
+    monkeypatch.setattr(mod, "find_links_dirs", lambda: [str(tmp_path)])
+    assert mod.local_cpu_wheel().endswith(f"torch-2.13.0+cpu-{tag}-{tag}-manylinux_2_28_x86_64.whl")

@@ -1,0 +1,317 @@
+"""Tests for genbook.metrics: likelihood bookkeeping, FD, MMD, precision/recall, blur, the harness, cost."""
+
+import math
+import time
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+
+from genbook import data, metrics
+
+# ----------------------------------------------------------------------------- likelihoods
+
+
+def test_uniform_nll_digits():
+    """uniform_nll(64, 17) = 64 ln 17 ~ 181.33 nats, which is log2(17) bits/dim, exact (not a bound)."""
+    nll = metrics.uniform_nll(64, 17)
+    assert nll.nats == pytest.approx(64 * math.log(17))
+    assert nll.nats == pytest.approx(181.33, abs=0.01)
+    assert nll.bpd == pytest.approx(math.log2(17))
+    assert not nll.bound
+    assert "= 181.33 nats/image" in str(nll) and "exact" in str(nll)
+
+
+def test_bits_per_dim_converts_nats():
+    """bits/dim = nats / (D ln 2), for floats and tensors alike."""
+    assert metrics.bits_per_dim(64 * math.log(2), 64) == pytest.approx(1.0)
+    torch.testing.assert_close(metrics.bits_per_dim(torch.tensor([math.log(4) * 8]), 8), torch.tensor([2.0]))
+    assert "<=" in str(metrics.NLL(10.0, 64, bound=True))
+
+
+def test_categorical_nll_matches_manual_log_softmax():
+    """categorical_nll equals -sum over pixels of log_softmax(logits)[x], gathered by hand."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 2, 2, generator=g)  # (B, K, H, W)
+    x = torch.randint(0, 5, (3, 2, 2), generator=g)
+    expected = []
+    for b in range(3):
+        total = 0.0
+        for i in range(2):
+            for j in range(2):
+                column = [logits[b, k, i, j].item() for k in range(5)]
+                log_norm = math.log(sum(math.exp(v) for v in column))
+                total -= column[x[b, i, j]] - log_norm
+        expected.append(total)
+    torch.testing.assert_close(metrics.categorical_nll(logits, x), torch.tensor(expected))
+
+
+def test_categorical_nll_of_flat_logits_is_uniform_nll():
+    """Equal logits give every image D ln K nats, the uniform model."""
+    x = data.digits("val").x_int[:, 0]  # (N, 8, 8)
+    nll = metrics.categorical_nll(torch.zeros(len(x), 17, 8, 8), x)
+    torch.testing.assert_close(nll, torch.full((len(x),), metrics.uniform_nll(64, 17).nats))
+
+
+def test_dequantized_nll_of_uniform_density_is_d_ln_k():
+    """For the density uniform on [0, 1)^D (log p = 0) the dequantization bound is exactly D ln K."""
+    bound = metrics.dequantized_nll(torch.zeros(4), dims=64, levels=17)
+    torch.testing.assert_close(bound, torch.full((4,), 64 * math.log(17)))
+    torch.testing.assert_close(metrics.dequantized_nll(torch.tensor([2.0]), 64, 17), torch.tensor([64 * math.log(17) - 2]))
+
+
+# ----------------------------------------------------------------------------- Frechet distance
+
+
+def _fd_scipy(a: np.ndarray, b: np.ndarray) -> float:
+    """FD written independently: |mu_a - mu_b|^2 + tr(S_a + S_b - 2 sqrtm(S_a S_b))."""
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = scipy.linalg.sqrtm(s_a @ s_b).real
+    return float(np.sum((mu_a - mu_b) ** 2) + np.trace(s_a + s_b - 2 * root))
+
+
+@pytest.fixture
+def feature_sets():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(300, 5)) @ rng.normal(size=(5, 5))
+    b = rng.normal(size=(200, 5)) @ rng.normal(size=(5, 5)) + 0.5
+    return a, b
+
+
+def test_frechet_distance_matches_scipy_sqrtm(feature_sets):
+    """frechet_distance agrees with a separate implementation using scipy.linalg.sqrtm."""
+    a, b = feature_sets
+    assert metrics.frechet_distance(a, b) == pytest.approx(_fd_scipy(a, b), rel=1e-6)
+
+
+def test_frechet_distance_is_zero_to_itself_and_symmetric(feature_sets):
+    """FD(a, a) ~ 0 and FD(a, b) = FD(b, a); torch and numpy inputs give the same number."""
+    a, b = feature_sets
+    assert abs(metrics.frechet_distance(a, a)) < 1e-8 * np.trace(np.cov(a, rowvar=False))
+    assert metrics.frechet_distance(a, b) == pytest.approx(metrics.frechet_distance(b, a), rel=1e-9)
+    assert metrics.frechet_distance(torch.tensor(a), torch.tensor(b)) == pytest.approx(metrics.frechet_distance(a, b))
+
+
+def test_frechet_distance_of_scaled_copy(feature_sets):
+    """For b = s a + m the closed form is |m + (s - 1) mu_a|^2 + (1 - s)^2 tr(S_a)."""
+    a, _ = feature_sets
+    s, m = 1.7, np.array([0.3, -1.0, 0.0, 2.0, 0.5])
+    expected = np.sum((m + (s - 1) * a.mean(0)) ** 2) + (1 - s) ** 2 * np.trace(np.cov(a, rowvar=False))
+    assert metrics.frechet_distance(a, s * a + m) == pytest.approx(expected, rel=1e-9)
+
+
+def test_frechet_distance_one_dimensional_closed_form():
+    """In 1-D, FD = (mu1 - mu2)^2 + (s1 - s2)^2 with sample means and standard deviations."""
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(0, 1, size=(400, 1)), rng.normal(1, 2, size=(300, 1))
+    expected = (a.mean() - b.mean()) ** 2 + (a.std(ddof=1) - b.std(ddof=1)) ** 2
+    assert metrics.frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
+
+
+def test_frechet_distance_rejects_bad_shapes():
+    """Mismatched widths or fewer than two samples raise ValueError."""
+    with pytest.raises(ValueError, match="same d"):
+        metrics.frechet_distance(np.zeros((5, 3)), np.zeros((5, 4)))
+    with pytest.raises(ValueError, match="at least 2"):
+        metrics.frechet_distance(np.zeros((1, 3)), np.zeros((5, 3)))
+
+
+# ----------------------------------------------------------------------------- MMD
+
+
+def test_mmd2_matches_double_loop():
+    """mmd2 equals the unbiased estimator written as plain Python loops over pairs."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(5, 2, generator=g), torch.randn(4, 2, generator=g) + 0.5
+    hs = (0.1, 0.3, 1.0, 3.0)
+
+    def k(a, b):
+        d2 = sum((a[i].item() - b[i].item()) ** 2 for i in range(2))
+        return sum(math.exp(-d2 / (2 * h * h)) for h in hs)
+
+    n, m = len(x), len(y)
+    xx = sum(k(x[i], x[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    xy = sum(k(x[i], y[j]) for i in range(n) for j in range(m)) / (n * m)
+    assert metrics.mmd2(x, y, hs) == pytest.approx(xx + yy - 2 * xy, rel=1e-9, abs=1e-12)
+
+
+def test_mmd2_near_zero_for_same_distribution_positive_for_shift():
+    """Over several draws, MMD^2 of two samples of one Gaussian averages ~0; a shift by 1 gives a clearly positive value."""
+    g = torch.Generator().manual_seed(0)
+    same = [metrics.mmd2(torch.randn(200, 2, generator=g), torch.randn(200, 2, generator=g)) for _ in range(5)]
+    shifted = metrics.mmd2(torch.randn(200, 2, generator=g), torch.randn(200, 2, generator=g) + 1.0)
+    assert abs(np.mean(same)) < 0.01
+    assert shifted > 0.1
+    assert shifted > 20 * max(abs(v) for v in same)
+
+
+# ----------------------------------------------------------------------------- precision / recall
+
+
+def test_precision_recall_identical_sets():
+    """A sample compared with itself has precision 1 and recall 1."""
+    pts = torch.randn(50, 4, generator=torch.Generator().manual_seed(0))
+    assert metrics.precision_recall(pts, pts.clone()) == (1.0, 1.0)
+
+
+def test_precision_recall_disjoint_sets():
+    """Two sets far apart have precision 0 and recall 0."""
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(50, 4, generator=g), torch.randn(40, 4, generator=g) + 100
+    assert metrics.precision_recall(real, fake) == (0.0, 0.0)
+
+
+def test_precision_counts_fake_points_on_the_real_manifold():
+    """If half the fake points are copies of real points and half are far away, precision is 1/2."""
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(60, 3, generator=g)
+    fake = torch.cat([real[:20], torch.randn(20, 3, generator=g) + 50])
+    precision, _ = metrics.precision_recall(real, fake)
+    assert precision == 0.5
+
+
+# ----------------------------------------------------------------------------- corruptions
+
+
+def test_gaussian_blur_keeps_constant_image():
+    """Blurring a constant image returns the same constant (so its mean is preserved)."""
+    img = torch.full((2, 3, 8, 8), 0.37)
+    torch.testing.assert_close(metrics.gaussian_blur(img, 1.2), img)
+
+
+def test_gaussian_blur_sigma_zero_is_identity():
+    """sigma = 0 returns the images unchanged."""
+    img = torch.rand(2, 1, 8, 8)
+    assert torch.equal(metrics.gaussian_blur(img, 0.0), img)
+
+
+@pytest.mark.parametrize("sigma", [0.7, 1.0])
+def test_gaussian_blur_matches_direct_2d_convolution(sigma):
+    """Away from the borders the blur equals a direct 2-D convolution with an explicit Gaussian kernel."""
+    img = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    r = math.ceil(3 * sigma)
+    offsets = np.arange(-r, r + 1)
+    kernel = np.exp(-(offsets[:, None] ** 2 + offsets[None, :] ** 2) / (2 * sigma**2))
+    kernel /= kernel.sum()
+    x = img[0, 0].numpy()
+    direct = np.array([[np.sum(x[i - r : i + r + 1, j - r : j + r + 1] * kernel) for j in range(r, 16 - r)] for i in range(r, 16 - r)])
+    blurred = metrics.gaussian_blur(img, sigma)[0, 0, r : 16 - r, r : 16 - r].numpy()
+    np.testing.assert_allclose(blurred, direct, rtol=1e-10, atol=1e-12)
+
+
+def test_gaussian_blur_keeps_shape_when_kernel_exceeds_image():
+    """A kernel wider than the image (sigma = 3 on 4x4) still returns the input shape and keeps constants."""
+    img = torch.full((1, 2, 4, 4), 0.5)
+    torch.testing.assert_close(metrics.gaussian_blur(img, 3.0), img)
+
+
+def test_gaussian_blur_non_square_images():
+    """A blur wider than the image height but not its width (4x16, sigma 1.5) works and keeps constants."""
+    img = torch.full((1, 1, 4, 16), 0.5)
+    torch.testing.assert_close(metrics.gaussian_blur(img, 1.5), img)
+
+
+# ----------------------------------------------------------------------------- the harness classifier
+
+
+def test_harness_classifier_accuracy(harness_classifier):
+    """The harness classifier labels at least 95% of the digits test split correctly."""
+    test = data.digits("test")
+    labels, conf = metrics.classify(test.unit())
+    accuracy = (labels == test.y).float().mean().item()
+    assert accuracy >= 0.95, accuracy
+    assert ((conf > 0) & (conf <= 1)).all()
+
+
+def test_harness_features_and_label_histogram(harness_classifier):
+    """features gives (N, 64) vectors; label_histogram is a distribution over 10 digits; a wrong shape raises ValueError."""
+    x = data.digits("val").unit()
+    assert metrics.features(x).shape == (350, 64)
+    hist = metrics.label_histogram(x)
+    assert hist.shape == (10,) and hist.sum() == pytest.approx(1.0)
+    assert hist.min() > 0.05  # the val split holds every digit
+    with pytest.raises(ValueError, match="8, 8"):
+        metrics.features(torch.zeros(2, 1, 16, 16))
+
+
+def test_fd_floor_is_small_and_positive(harness_classifier):
+    """fd_floor() is finite, positive and far below the FD of uniform-noise images."""
+    floor = metrics.fd_floor()
+    noise = metrics.fd_digits(torch.rand(350, 1, 8, 8, generator=torch.Generator().manual_seed(0)))
+    assert math.isfinite(floor) and floor > 0
+    assert noise > 10 * floor
+
+
+def test_precision_recall_digits_of_real_val_split(harness_classifier):
+    """Real held-out digits score high precision and recall against the train split."""
+    precision, recall = metrics.precision_recall_digits(data.digits("val").unit())
+    assert precision > 0.7 and recall > 0.5
+
+
+def _quick_classifier():
+    torch.manual_seed(0)
+    return metrics.DigitsClassifier(metrics.CLASSIFIER_RECIPE["width"], metrics.CLASSIFIER_RECIPE["feature_dim"]).eval()
+
+
+@pytest.fixture
+def counted_training(monkeypatch):
+    """Replace the 15 s classifier training with an untrained network, counting the calls."""
+    calls = []
+    monkeypatch.setattr(metrics, "train_digits_classifier", lambda: calls.append(1) or _quick_classifier())
+    return calls
+
+
+def test_classifier_is_cached_on_disk(fresh_cache, counted_training, monkeypatch):
+    """The first call trains and writes one file under GENBOOK_CACHE; a new process state loads it instead of training."""
+    first = metrics.digits_classifier()
+    files = list(fresh_cache.iterdir())
+    assert len(files) == 1 and files[0].suffix == ".pt"
+    assert metrics.digits_classifier() is first  # kept in memory
+    monkeypatch.setattr(metrics, "_CLASSIFIER", None)
+    second = metrics.digits_classifier()
+    assert len(counted_training) == 1
+    for a, b in zip(first.state_dict().values(), second.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        b"",
+        b"PK\x03\x04 a truncated zip",
+        b"not a checkpoint at all",
+    ],
+)
+def test_damaged_classifier_cache_is_retrained(fresh_cache, counted_training, monkeypatch, damage):
+    """A damaged cache file is retrained and overwritten, as the docstring promises, not raised."""
+    metrics.digits_classifier()
+    (path,) = fresh_cache.iterdir()
+    path.write_bytes(damage)
+    monkeypatch.setattr(metrics, "_CLASSIFIER", None)
+    metrics.digits_classifier()
+    assert len(counted_training) == 2
+    assert torch.load(path, weights_only=True).keys() == _quick_classifier().state_dict().keys()
+
+
+# ----------------------------------------------------------------------------- cost
+
+
+def test_nfe_counter_counts_calls():
+    """NFECounter passes calls through to the network and counts each one."""
+    net = metrics.NFECounter(torch.nn.Linear(2, 2))
+    x = torch.randn(3, 2)
+    for _ in range(4):
+        out = net(x)
+    assert net.nfe == 4
+    torch.testing.assert_close(out, F.linear(x, net.net.weight, net.net.bias))
+
+
+def test_timer_measures_a_sleep():
+    """Timer measures a 50 ms sleep as at least 50 ms and well under half a second."""
+    with metrics.Timer() as t:
+        time.sleep(0.05)
+    assert 0.05 <= t.seconds < 0.5

@@ -1,0 +1,208 @@
+"""Tests for genbook.train: fit's budgets and errors, EMA, History, and checkpoints."""
+
+import hashlib
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from genbook.data import Batches
+from genbook.nets import MLP
+from genbook.train import EMA, CheckpointMismatch, History, config_hash, fit, load_checkpoint, save_checkpoint
+
+
+def mse(model, batch):
+    x, y = batch
+    return (model(x) - y).pow(2).mean()
+
+
+@pytest.fixture
+def regression():
+    """y = X w + b + noise with 256 rows, and its least-squares optimum from numpy."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 3, generator=g)
+    y = x @ torch.tensor([[1.5], [-2.0], [0.5]]) + 0.3 + 0.1 * torch.randn(256, 1, generator=g)
+    design = np.hstack([x.numpy(), np.ones((256, 1))]).astype(np.float64)
+    coef, *_ = np.linalg.lstsq(design, y.numpy().astype(np.float64), rcond=None)
+    best_mse = float(np.mean((design @ coef - y.numpy()) ** 2))
+    return x, y, coef[:, 0], best_mse
+
+
+def test_fit_reaches_least_squares_optimum(regression):
+    """fit on linear regression reaches the closed-form least-squares weights and MSE within 300 steps."""
+    x, y, coef, best_mse = regression
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    hist = fit(model, mse, Batches(x, y, batch_size=64), steps=300, lr=0.05, progress=False)
+    with torch.no_grad():
+        final = mse(model, (x, y)).item()
+    assert final < best_mse + 1e-3
+    np.testing.assert_allclose(np.r_[model.weight.detach().numpy()[0], model.bias.item()], coef, atol=0.02)
+    assert np.mean(hist.loss[:10]) > 10 * np.mean(hist.loss[-10:])
+    assert not model.training  # fit leaves the model in eval mode
+
+
+def test_fit_respects_step_budget_and_continues_history(regression):
+    """steps=7 takes exactly 7 steps; passing the History back continues its counts."""
+    x, y, *_ = regression
+    model = nn.Linear(3, 1)
+    batches = Batches(x, y, batch_size=32)
+    hist = fit(model, mse, batches, steps=7, progress=False)
+    assert hist.steps == 7 and len(hist.loss) == 7
+    fit(model, mse, batches, steps=5, progress=False, history=hist)
+    assert hist.steps == 12 and len(hist.loss) == 12
+
+
+def test_fit_stops_at_seconds_budget(regression):
+    """A seconds budget stops training soon after it is spent, whatever the step count."""
+    x, y, *_ = regression
+
+    def slow_loss(model, batch):
+        time.sleep(0.02)
+        return mse(model, batch)
+
+    hist = fit(nn.Linear(3, 1), slow_loss, Batches(x, y, batch_size=32), seconds=0.15, progress=False)
+    assert 1 <= hist.steps <= 10
+    assert 0.15 <= hist.seconds < 1.0
+
+
+def test_fit_logs_extra_values(regression):
+    """A loss_fn returning (loss, {name: value}) has its values logged once per step."""
+    x, y, *_ = regression
+    hist = fit(nn.Linear(3, 1), lambda m, b: (mse(m, b), {"half": 0.5}), Batches(x, y, batch_size=32), steps=4, progress=False)
+    assert hist.logs == {"half": [0.5] * 4}
+
+
+def test_fit_raises_on_nan_loss(regression):
+    """A non-finite loss raises FloatingPointError instead of training on."""
+    x, y, *_ = regression
+    with pytest.raises(FloatingPointError, match="nan"):
+        fit(nn.Linear(3, 1), lambda m, b: mse(m, b) * float("nan"), Batches(x, y, batch_size=32), steps=3, progress=False)
+
+
+def test_fit_needs_a_budget(regression):
+    """fit without steps or seconds raises ValueError."""
+    x, y, *_ = regression
+    with pytest.raises(ValueError, match="budget"):
+        fit(nn.Linear(3, 1), mse, Batches(x, y, batch_size=32))
+
+
+def test_fit_clips_gradient_norm():
+    """With clip=1 and plain SGD (lr 1) one step moves the weights by a vector of norm exactly 1."""
+    model = nn.Linear(4, 1, bias=False)
+    before = model.weight.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    loss = lambda m, _: 100 * m.weight.sum()  # gradient 100 per weight, norm 200
+    no_data = iter(lambda: None, 1)  # an endless iterator of None batches
+    fit(model, loss, no_data, steps=1, optimizer=opt, clip=1.0, progress=False)
+    step = model.weight.detach() - before
+    torch.testing.assert_close(step, torch.full((1, 4), -0.5))
+
+
+def test_ema_update_is_convex_combination():
+    """After one update each EMA weight equals d * old + (1 - d) * new, and buffers are copied as they are."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    ema = EMA(model, decay=0.9)
+    old = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+        model[1].running_mean.fill_(3.0)
+    ema.update(model)
+    for p_ema, p_old, p_new in zip(ema.model.parameters(), old, model.parameters()):
+        torch.testing.assert_close(p_ema, 0.9 * p_old + 0.1 * p_new)
+    assert torch.equal(ema.model[1].running_mean, torch.full((2,), 3.0))
+    assert not any(p.requires_grad for p in ema.model.parameters())
+
+
+def test_ema_rejects_bad_decay():
+    """An EMA decay outside [0, 1) raises ValueError."""
+    with pytest.raises(ValueError, match="decay"):
+        EMA(nn.Linear(1, 1), decay=1.0)
+
+
+def test_history_smoothed_is_running_mean():
+    """History.smoothed(w) is the mean of the last (up to) w losses at each step."""
+    losses = [4.0, 2.0, 6.0, 0.0, 8.0]
+    expected = [np.mean(losses[max(0, i - 1) : i + 1]) for i in range(len(losses))]
+    np.testing.assert_allclose(History(loss=losses).smoothed(window=2), expected)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+@dataclass
+class TinyConfig:
+    width: int = 8
+    hidden: tuple[int, ...] = (16,)
+    name: str = "tiny"
+
+
+def _make(cfg: TinyConfig) -> MLP:
+    return MLP(2, cfg.width, hidden=cfg.hidden)
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
+    """Saving and loading into a fresh model reproduces its outputs exactly and returns the extras."""
+    cfg = TinyConfig()
+    torch.manual_seed(0)
+    model = _make(cfg)
+    path = save_checkpoint(tmp_path / "ckpt.pt", model, cfg, step=12, note="ok")
+    torch.manual_seed(1)
+    other = _make(cfg)
+    x = torch.randn(5, 2)
+    assert not torch.equal(other(x), model(x))
+    extra = load_checkpoint(path, other, cfg)
+    assert torch.equal(other(x), model(x))
+    assert extra == {"step": 12, "note": "ok"}
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary file left behind
+
+
+def test_checkpoint_loads_with_weights_only(tmp_path):
+    """The checkpoint file is plain data: torch.load(weights_only=True) reads weights, config and hash."""
+    cfg = TinyConfig()
+    path = save_checkpoint(tmp_path / "ckpt.pt", _make(cfg), cfg)
+    payload = torch.load(path, weights_only=True)
+    assert set(payload) == {"state_dict", "config", "config_hash", "extra"}
+    assert payload["config"] == {"width": 8, "hidden": [16], "name": "tiny"}
+    assert payload["config_hash"] == config_hash(cfg)
+
+
+def test_checkpoint_with_other_config_names_the_field(tmp_path):
+    """Loading under a config that differs in one field raises CheckpointMismatch naming that field only."""
+    cfg = TinyConfig()
+    path = save_checkpoint(tmp_path / "ckpt.pt", _make(cfg), cfg)
+    other = replace(cfg, hidden=(32,))
+    with pytest.raises(CheckpointMismatch, match="hidden") as info:
+        load_checkpoint(path, _make(other), other)
+    assert "width" not in str(info.value)
+
+
+def test_checkpoint_with_other_weights_raises_mismatch(tmp_path):
+    """Same config but a model whose weights do not fit raises CheckpointMismatch (a ValueError)."""
+    cfg = TinyConfig()
+    path = save_checkpoint(tmp_path / "ckpt.pt", _make(cfg), cfg)
+    with pytest.raises(CheckpointMismatch, match="weights") as info:
+        load_checkpoint(path, MLP(3, 8, hidden=(16,)), cfg)
+    assert isinstance(info.value, ValueError)
+
+
+def test_load_missing_checkpoint_raises_file_not_found(tmp_path):
+    """Loading a path with no file raises FileNotFoundError."""
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "nothing.pt", _make(TinyConfig()), TinyConfig())
+
+
+def test_config_hash_is_canonical_and_sensitive():
+    """config_hash is the first 16 hex digits of sha256 of the sorted JSON; equal configs agree, any change differs."""
+    canonical = hashlib.sha256(b'{"a": 1, "b": [1, 2]}').hexdigest()[:16]
+    assert config_hash({"b": (1, 2), "a": 1}) == canonical
+    assert config_hash(TinyConfig()) == config_hash({"name": "tiny", "hidden": [16], "width": 8})
+    hashes = {config_hash(TinyConfig()), config_hash(TinyConfig(width=9)), config_hash(TinyConfig(name="Tiny"))}
+    assert len(hashes) == 3
+    with pytest.raises(TypeError):
+        config_hash(["not", "a", "config"])
