@@ -13,6 +13,7 @@ from genbook.nets import (
     DCGANDiscriminator,
     DCGANGenerator,
     LabelEmbedding,
+    MaskedConv2d,
     ResBlock,
     SelfAttention2d,
     SinusoidalEmbedding,
@@ -20,6 +21,7 @@ from genbook.nets import (
     TransformerBlock,
     UNet,
     UNetConfig,
+    causal_mask,
     count_parameters,
 )
 from genbook.nets.transformer import TinyTransformerConfig
@@ -255,3 +257,102 @@ def test_sinusoidal_embedding_needs_even_dim():
     """An odd embedding width raises ValueError."""
     with pytest.raises(ValueError, match="even"):
         SinusoidalEmbedding(7)
+
+
+# ----------------------------------------------------------------------------- masked convolutions
+
+
+MASK_A3 = [
+    [1, 1, 1],
+    [1, 0, 0],
+    [0, 0, 0],
+]
+MASK_B3 = [
+    [1, 1, 1],
+    [1, 1, 0],
+    [0, 0, 0],
+]
+MASK_A5 = [
+    [1, 1, 1, 1, 1],
+    [1, 1, 1, 1, 1],
+    [1, 1, 0, 0, 0],
+    [0, 0, 0, 0, 0],
+    [0, 0, 0, 0, 0],
+]
+MASK_B5 = [
+    [1, 1, 1, 1, 1],
+    [1, 1, 1, 1, 1],
+    [1, 1, 1, 0, 0],
+    [0, 0, 0, 0, 0],
+    [0, 0, 0, 0, 0],
+]
+
+
+@pytest.mark.parametrize(("size", "mask_type", "expected"), [(3, "A", MASK_A3), (3, "B", MASK_B3), (5, "A", MASK_A5), (5, "B", MASK_B5)])
+def test_causal_mask_matches_hand_written(size, mask_type, expected):
+    """causal_mask(k, A/B) equals the hand-written 3x3 and 5x5 PixelCNN masks."""
+    assert torch.equal(causal_mask(size, mask_type), torch.tensor(expected, dtype=torch.float32))
+
+
+@pytest.mark.parametrize(("size", "mask_type"), [(4, "A"), (2, "B"), (3, "C"), (3, "a")])
+def test_causal_mask_rejects_even_kernels_and_unknown_types(size, mask_type):
+    """An even kernel size or a mask type other than 'A'/'B' raises ValueError."""
+    with pytest.raises(ValueError):
+        causal_mask(size, mask_type)
+
+
+def _masked_conv_dependence(net, in_channels, size=6):
+    """dep[i, j] = whether output pixel i (raster order) has a nonzero gradient w.r.t. input pixel j, one batch row per i."""
+    n = size * size
+    x = torch.randn(1, in_channels, size, size).repeat(n, 1, 1, 1).requires_grad_(True)
+    out = net(x)  # (n, C_out, S, S)
+    rows, cols = torch.arange(n) // size, torch.arange(n) % size
+    out[torch.arange(n), :, rows, cols].sum().backward()  # row i reads only output pixel i
+    return x.grad.abs().sum(1).view(n, n) > 0  # (n, n), summed over input channels
+
+
+def _expected_dependence(mask, size=6):
+    """The pixels a 'same'-padded convolution with kernel support ``mask`` lets output pixel i see, by loops."""
+    c = len(mask) // 2
+    n = size * size
+    dep = torch.zeros(n, n, dtype=torch.bool)
+    for i in range(n):
+        r, q = divmod(i, size)
+        for dr in range(-c, c + 1):
+            for dq in range(-c, c + 1):
+                if mask[dr + c][dq + c] and 0 <= r + dr < size and 0 <= q + dq < size:
+                    dep[i, (r + dr) * size + q + dq] = True
+    return dep
+
+
+@pytest.mark.parametrize(("mask_type", "hand"), [("A", MASK_A5), ("B", MASK_B5)])
+def test_masked_conv_is_causal(mask_type, hand):
+    """Output i of MaskedConv2d depends exactly on the masked neighbourhood: never on j > i, and for mask A not on j = i."""
+    conv = MaskedConv2d(2, 3, 5, mask_type)
+    dep = _masked_conv_dependence(conv, in_channels=2)
+    assert torch.equal(dep, _expected_dependence(hand))
+    strictly_past = torch.tril(torch.ones_like(dep), diagonal=-1)
+    allowed = strictly_past if mask_type == "A" else strictly_past | torch.eye(len(dep), dtype=torch.bool)
+    assert not (dep & ~allowed).any()
+    assert dep.diagonal().all() == (mask_type == "B")
+
+
+def test_masked_conv_stack_stays_causal():
+    """A mask-A layer followed by mask-B layers: output i depends on no input j >= i, but on more than one layer's reach."""
+    net = nn.Sequential(MaskedConv2d(1, 4, 3, "A"), nn.SiLU(), MaskedConv2d(4, 4, 3, "B"), nn.SiLU(), MaskedConv2d(4, 2, 3, "B"))
+    dep = _masked_conv_dependence(net, in_channels=1)
+    assert not (dep & torch.triu(torch.ones_like(dep))).any()
+    assert dep[3 * 6 + 3, 0 * 6 + 3]  # three rows up: seen only through the stack
+
+
+def test_masked_conv_ignores_masked_weights():
+    """Changing kernel weights under the mask's zeros leaves the output unchanged; the shape is kept ('same' padding)."""
+    conv = MaskedConv2d(1, 2, 3, "A")
+    x = torch.randn(2, 1, 5, 5)
+    before = conv(x)
+    assert before.shape == (2, 2, 5, 5)
+    with torch.no_grad():
+        conv.weight[:, :, 1, 1:] += 100.0  # the centre and right of the centre row
+        conv.weight[:, :, 2, :] -= 100.0  # the row below
+    torch.testing.assert_close(conv(x), before)
+    assert "mask" not in conv.state_dict()  # rebuilt from the kernel size, not saved in checkpoints

@@ -73,7 +73,8 @@ def test_fit_logs_extra_values(regression):
     """A loss_fn returning (loss, {name: value}) has its values logged once per step."""
     x, y, *_ = regression
     hist = fit(nn.Linear(3, 1), lambda m, b: (mse(m, b), {"half": 0.5}), Batches(x, y, batch_size=32), steps=4, progress=False)
-    assert hist.logs == {"half": [0.5] * 4}
+    assert hist.logs["half"] == [0.5] * 4
+    assert len(hist.logs["grad_norm"]) == 4  # clip is on by default, so the norm is logged
 
 
 def test_fit_raises_on_nan_loss(regression):
@@ -206,3 +207,119 @@ def test_config_hash_is_canonical_and_sensitive():
     assert len(hashes) == 3
     with pytest.raises(TypeError):
         config_hash(["not", "a", "config"])
+
+
+# ----------------------------------------------------------------------------- gradient skipping
+
+
+def _steep_linear():
+    """A 4-weight linear map and a loss whose gradient is 100 per weight (norm 200), with an endless iterator of None batches."""
+    model = nn.Linear(4, 1, bias=False)
+    return model, (lambda m, _: 100 * m.weight.sum()), iter(lambda: None, 1)
+
+
+@pytest.mark.parametrize("clip", [1.0, None])
+def test_skip_grad_norm_tiny_threshold_skips_every_update(clip):
+    """With skip_grad_norm far below the gradient norm no update happens: weights unchanged, History.skipped == steps."""
+    model, loss, no_data = _steep_linear()
+    before = model.weight.detach().clone()
+    hist = fit(model, loss, no_data, steps=5, clip=clip, skip_grad_norm=1e-6, progress=False)
+    assert torch.equal(model.weight.detach(), before)
+    assert hist.skipped == 5 and hist.steps == 5 and len(hist.loss) == 5
+
+
+def test_skip_grad_norm_huge_threshold_skips_nothing():
+    """With a huge skip_grad_norm every update is taken: History.skipped == 0 and the weights move."""
+    model, loss, no_data = _steep_linear()
+    before = model.weight.detach().clone()
+    hist = fit(model, loss, no_data, steps=5, skip_grad_norm=1e9, progress=False)
+    assert hist.skipped == 0
+    assert not torch.equal(model.weight.detach(), before)
+
+
+@pytest.mark.parametrize(
+    ("clip", "threshold", "skipped"), [(1.0, 150.0, True), (1.0, 250.0, False), (None, 150.0, True), (None, 250.0, False)]
+)
+def test_skip_grad_norm_uses_the_norm_before_clipping(clip, threshold, skipped):
+    """The gradient norm 200 is compared before clipping: threshold 150 skips, 250 steps by SGD(lr 1) (clipped to norm 1 or not)."""
+    model, loss, no_data = _steep_linear()
+    before = model.weight.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    hist = fit(model, loss, no_data, steps=1, optimizer=opt, clip=clip, skip_grad_norm=threshold, progress=False)
+    assert hist.skipped == int(skipped)
+    step = model.weight.detach() - before
+    if skipped:
+        assert torch.equal(step, torch.zeros(1, 4))
+    else:
+        torch.testing.assert_close(step, torch.full((1, 4), -0.5 if clip else -100.0))
+
+
+def test_skip_grad_norm_skips_nan_gradients():
+    """A finite loss with a NaN gradient is skipped (the weights stay finite and unchanged) even under a huge threshold."""
+    model = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(-1.0)
+    before = model.weight.detach().clone()
+
+    def nan_grad(m, _):  # forward 0, but d sqrt(w) / dw at w < 0 is NaN and 0 * NaN = NaN
+        w = m.weight
+        return torch.where(w > 0, w.sqrt(), torch.zeros_like(w)).sum()
+
+    hist = fit(model, nan_grad, iter(lambda: None, 1), steps=3, skip_grad_norm=1e9, progress=False)
+    assert hist.skipped == 3
+    assert torch.equal(model.weight.detach(), before)
+
+
+# ----------------------------------------------------------------------------- early stopping
+
+
+class _ScriptedEval:
+    """An eval_fn that returns preset values in turn and keeps a copy of the weights and the mode at each call."""
+
+    def __init__(self, values):
+        self.values, self.snapshots, self.training = list(values), [], []
+
+    def __call__(self, model):
+        self.snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        self.training.append(model.training)
+        return self.values[len(self.snapshots) - 1]
+
+
+def test_early_stopping_keeps_best_weights(regression):
+    """With eval values 5, 3, 1, 2, 4 every 2 steps, fit ends with the weights seen at step 6 and records every evaluation."""
+    x, y, *_ = regression
+    model = nn.Linear(3, 1)
+    evaluate = _ScriptedEval([5.0, 3.0, 1.0, 2.0, 4.0])
+    hist = fit(model, mse, Batches(x, y, batch_size=32), steps=10, lr=0.05, eval_fn=evaluate, eval_every=2, progress=False)
+    assert hist.evals == [(2, 5.0), (4, 3.0), (6, 1.0), (8, 2.0), (10, 4.0)]  # step 10 is not evaluated twice
+    assert hist.best_step == 6
+    best = evaluate.snapshots[2]
+    assert not torch.equal(best["weight"], evaluate.snapshots[-1]["weight"])  # training did move on after step 6
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, best[k])
+    assert evaluate.training == [False] * 5  # evaluated in eval mode
+    assert not model.training
+
+
+def test_early_stopping_evaluates_at_the_end(regression):
+    """When steps is not a multiple of eval_every, fit evaluates once more after the last step; the last can be the best."""
+    x, y, *_ = regression
+    model = nn.Linear(3, 1)
+    evaluate = _ScriptedEval([3.0, 2.0, 1.0])
+    hist = fit(model, mse, Batches(x, y, batch_size=32), steps=7, eval_fn=evaluate, eval_every=3, progress=False)
+    assert [s for s, _ in hist.evals] == [3, 6, 7]
+    assert hist.best_step == 7
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, evaluate.snapshots[-1][k])
+
+
+def test_early_stopping_counts_steps_across_continued_history(regression):
+    """Continuing a History, evaluation steps and best_step count from the steps already taken."""
+    x, y, *_ = regression
+    model = nn.Linear(3, 1)
+    batches = Batches(x, y, batch_size=32)
+    hist = fit(model, mse, batches, steps=4, progress=False)
+    assert hist.evals == [] and hist.best_step is None
+    fit(model, mse, batches, steps=4, eval_fn=_ScriptedEval([2.0, 1.0]), eval_every=2, history=hist, progress=False)
+    assert hist.evals == [(6, 2.0), (8, 1.0)]
+    assert hist.best_step == 8 and hist.steps == 8

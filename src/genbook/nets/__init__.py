@@ -4,6 +4,7 @@ from genbook.nets.blocks import ResBlock, SelfAttention2d
 from genbook.nets.conv import ConvDecoder, ConvEncoder
 from genbook.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 from genbook.nets.embeddings import LabelEmbedding, SinusoidalEmbedding
+from genbook.nets.masked import MaskedConv2d, causal_mask
 from genbook.nets.mlp import MLP
 from genbook.nets.transformer import TinyTransformer, TransformerBlock
 from genbook.nets.unet import UNet, UNetConfig
@@ -15,6 +16,7 @@ __all__ = [
     "DCGANDiscriminator",
     "DCGANGenerator",
     "LabelEmbedding",
+    "MaskedConv2d",
     "ResBlock",
     "SelfAttention2d",
     "SinusoidalEmbedding",
@@ -22,6 +24,7 @@ __all__ = [
     "TransformerBlock",
     "UNet",
     "UNetConfig",
+    "causal_mask",
 ]
 
 
