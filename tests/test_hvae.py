@@ -50,7 +50,7 @@ def _hand_forward(model, x_int, eps):
         if level == 0:
             mu_p, logvar_p = torch.zeros_like(mu_q), torch.zeros_like(logvar_q)  # p(z_1) = N(0, I)
         else:
-            mu_p, logvar_p = model.priors[level](c).chunk(2, 1)
+            mu_p, logvar_p = model.priors[level - 1](c).chunk(2, 1)
         kls.append(kl_divergence(_normal(mu_q, logvar_q), _normal(mu_p, logvar_p)).sum(1))
         z = mu_q + torch.exp(logvar_q / 2) * e
         c = c + model.updates[level](torch.cat([c, z], 1))
@@ -94,9 +94,9 @@ def test_group_terms_match_hand_forward_pass(digits):
 
 
 def test_top_prior_is_standard_normal(digits):
-    """The first group's KL is 1/2 sum(mu^2 + s^2 - log s^2 - 1) of its posterior, whatever the first prior head's weights."""
+    """The first group's KL is 1/2 sum(mu^2 + s^2 - log s^2 - 1) of its posterior, whatever the other prior heads' weights."""
     model = _model()
-    _randomize_priors(model)  # a prior head that would not give N(0, I) if it were used
+    _randomize_priors(model)  # the lower groups' heads must not leak into the top prior
     x = digits[:6]
     _, kls = model.group_terms(x)
     with torch.no_grad():

@@ -323,3 +323,10 @@ def test_early_stopping_counts_steps_across_continued_history(regression):
     fit(model, mse, batches, steps=4, eval_fn=_ScriptedEval([2.0, 1.0]), eval_every=2, history=hist, progress=False)
     assert hist.evals == [(6, 2.0), (8, 1.0)]
     assert hist.best_step == 8 and hist.steps == 8
+
+
+def test_fit_rejects_a_zero_eval_interval(regression):
+    """eval_every must be a positive number of steps when eval_fn is given."""
+    x, y, *_ = regression
+    with pytest.raises(ValueError, match="eval_every"):
+        fit(nn.Linear(3, 1), mse, Batches(x, y, batch_size=32), steps=2, eval_fn=lambda m: 0.0, eval_every=0, progress=False)

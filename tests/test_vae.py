@@ -553,3 +553,10 @@ def test_active_units_counts_varying_means(digits16):
     count, _ = active_units(model, digits16[0])
     assert count == 2
     assert active_units(model, digits16[0], threshold=1e9)[0] == 0
+
+
+def test_unconditional_vae_refuses_labels(digits16):
+    """Passing labels to a VAE built without num_classes raises instead of silently ignoring them."""
+    x_int, y = digits16
+    with pytest.raises(ValueError, match="unconditional"):
+        _model().encode(data.to_unit(x_int), y)

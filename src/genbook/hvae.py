@@ -37,7 +37,7 @@ class HVAEConfig:
 class HierarchicalVAE(nn.Module):
     """x -> h (bottom-up); then for each group, top-down: prior from c, posterior from (h, c), c <- c + f(c, z_l); x ~ p(x | c).
 
-    p(z_1) is N(0, I) (its prior head sees c = 0 and starts at zero); the categorical decoder reads
+    p(z_1) is N(0, I); the lower priors' heads start at zero, so they too start as N(0, I). The categorical decoder reads
     the final context. Shapes: x_int (B, C, S, S) -> per-image log p(x | z) and KLs, (B,).
     """
 
@@ -48,15 +48,17 @@ class HierarchicalVAE(nn.Module):
         self.cfg = cfg
         hid = cfg.hidden
         self.encoder = ConvEncoder(cfg.channels, hid, cfg.size, cfg.width)
-        self.priors = nn.ModuleList(MLP(hid, 2 * d, (hid,), zero_last=True) for d in cfg.latent_dims)
+        # p(z_1) = N(0, I) has no parameters; groups 2..L get a prior head on the context (zero at init)
+        self.priors = nn.ModuleList(MLP(hid, 2 * d, (hid,), zero_last=True) for d in cfg.latent_dims[1:])
         self.posteriors = nn.ModuleList(MLP(2 * hid, 2 * d, (hid,)) for d in cfg.latent_dims)
         self.updates = nn.ModuleList(MLP(hid + d, hid, (hid,)) for d in cfg.latent_dims)
         self.decoder = ConvDecoder(hid, cfg.levels * cfg.channels, cfg.size, cfg.width)
 
     def _prior(self, level: int, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = self.priors[level](c).chunk(2, -1)
         if level == 0:  # p(z_1) = N(0, I), eq. 29's first factor
-            mu, logvar = torch.zeros_like(mu), torch.zeros_like(logvar)
+            zeros = c.new_zeros(len(c), self.cfg.latent_dims[0])
+            return zeros, zeros
+        mu, logvar = self.priors[level - 1](c).chunk(2, -1)
         return mu, logvar.clamp(-12, 8)
 
     def _logits(self, c: torch.Tensor) -> torch.Tensor:

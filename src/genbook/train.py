@@ -101,6 +101,8 @@ def fit(
     """
     if steps is None and seconds is None:
         raise ValueError("fit needs a budget: steps=..., seconds=..., or both")
+    if eval_fn is not None and eval_every < 1:
+        raise ValueError(f"eval_every must be a positive number of steps, got {eval_every}")
     device = next(model.parameters()).device
     dtype = _amp_dtype(device) if amp is not False else None
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None

@@ -134,6 +134,8 @@ class VAE(nn.Module):
 
     def _onehot(self, y: torch.Tensor | None, b: int) -> torch.Tensor | None:
         if self.cfg.num_classes is None:
+            if y is not None:
+                raise ValueError("this VAE is unconditional: build it with num_classes=... to pass labels y")
             return None
         if y is None:
             raise ValueError("this is a conditional VAE: pass the labels y")
