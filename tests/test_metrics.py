@@ -315,3 +315,22 @@ def test_timer_measures_a_sleep():
     with metrics.Timer() as t:
         time.sleep(0.05)
     assert 0.05 <= t.seconds < 0.5
+
+
+def test_inception_score_bounds(harness_classifier):
+    """IS is 1 for one image repeated and close to 10 for confident, balanced real digits."""
+    real = data.digits("test").unit()
+    assert metrics.inception_score(real[:1].repeat(50, 1, 1, 1)) == pytest.approx(1.0, abs=1e-6)
+    assert 8.5 < metrics.inception_score(real) <= 10.0
+
+
+def test_mode_coverage_counts_modes_and_quality():
+    """Samples on 3 of 4 centres (and some far away) give 3 modes and the share of near samples."""
+    centres = torch.tensor([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0], [5.0, 5.0]])
+    near = centres[[0, 0, 1, 2]].repeat(25, 1) + 0.01  # 100 samples on 3 modes
+    far = torch.full((100, 2), 20.0)
+    modes, quality = metrics.mode_coverage(torch.cat([near, far]), centres, radius=0.5)
+    assert modes == 3
+    assert quality == pytest.approx(0.5)
+    modes, _ = metrics.mode_coverage(torch.cat([near, far]), centres, radius=0.5, min_share=0.2)
+    assert modes == 1  # only centre 0 holds at least 20% of all samples

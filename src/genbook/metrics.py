@@ -197,6 +197,18 @@ def classify(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return labels, conf
 
 
+@torch.no_grad()
+def inception_score(images: torch.Tensor) -> float:
+    """IS = exp(E_x KL(p(y | x) || p(y))) with the harness classifier in place of Inception (Salimans et al. 2016).
+
+    Between 1 (every image gets the same prediction) and 10 (confident predictions, all digits equally often).
+    """
+    probs = digits_classifier().head(features(images)).double().softmax(-1)  # (N, 10)
+    marginal = probs.mean(0, keepdim=True)  # p(y)
+    kl = (probs * (probs.clamp_min(1e-12).log() - marginal.log())).sum(1)
+    return float(kl.mean().exp())
+
+
 def label_histogram(images: torch.Tensor) -> np.ndarray:
     """Fraction of images the classifier assigns to each digit 0..9 (a mode-coverage diagnostic)."""
     labels, _ = classify(images)
@@ -289,6 +301,19 @@ def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidths: tuple[float, ...] = (0.1,
     term_x = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
     term_y = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
     return float(term_x + term_y - 2 * kxy.mean())
+
+
+def mode_coverage(samples: torch.Tensor, centres: torch.Tensor, radius: float, min_share: float = 0.01) -> tuple[int, float]:
+    """Modes covered and sample quality for a mixture with known centres (chapter 3, "Mode collapse").
+
+    A mode is covered when at least ``min_share`` of the samples lie within ``radius`` of its centre;
+    quality is the share of samples within ``radius`` of any centre. Shapes: (N, d), (M, d).
+    """
+    d = torch.cdist(samples.float(), centres.float())  # (N, M)
+    nearest, which = d.min(1)
+    close = nearest <= radius
+    share = torch.bincount(which[close], minlength=len(centres)).float() / len(samples)
+    return int((share >= min_share).sum()), close.float().mean().item()
 
 
 # ----------------------------------------------------------------------------- corruptions (harness validation)

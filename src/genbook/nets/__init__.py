@@ -1,6 +1,6 @@
 """Building blocks shared by the model families. Networks here know nothing about losses or noise schedules."""
 
-from genbook.nets.blocks import ResBlock, SelfAttention2d
+from genbook.nets.blocks import MinibatchStd, ResBlock, SelfAttention2d
 from genbook.nets.conv import ConvDecoder, ConvEncoder
 from genbook.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 from genbook.nets.embeddings import LabelEmbedding, SinusoidalEmbedding
@@ -17,6 +17,7 @@ __all__ = [
     "DCGANGenerator",
     "LabelEmbedding",
     "MaskedConv2d",
+    "MinibatchStd",
     "ResBlock",
     "SelfAttention2d",
     "SinusoidalEmbedding",

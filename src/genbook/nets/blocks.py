@@ -60,3 +60,16 @@ class SelfAttention2d(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v)  # (B, nh, HW, hd)
         y = y.permute(0, 1, 3, 2).reshape(b, c, h, w)  # (B, C, H, W)
         return x + self.out(y)
+
+
+class MinibatchStd(nn.Module):
+    """Append the batch's average feature standard deviation as one more feature (ProGAN; chapter 3, "Mode collapse").
+
+    A collapsed generator makes near-identical samples, so their batch std is small: the critic can see it.
+    Shapes: (B, F) -> (B, F + 1) or (B, C, H, W) -> (B, C + 1, H, W).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        std = x.float().std(0, unbiased=False).mean().to(x.dtype)  # scalar over the batch
+        extra = std.expand(x.shape[0], 1, *x.shape[2:])
+        return torch.cat([x, extra], 1)

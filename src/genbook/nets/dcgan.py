@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from genbook.nets.blocks import MinibatchStd
+
 
 def _up(c_in: int, c_out: int, mode: str) -> nn.Module:
     if mode == "transposed":
@@ -46,15 +48,17 @@ class DCGANGenerator(nn.Module):
 
 
 class DCGANDiscriminator(nn.Module):
-    """images (B, C, S, S) -> (B, out_dim) logits (or critic values); strided convs halve S until <= 4."""
+    """images (B, C, S, S) -> (B, out_dim) logits (or critic values); strided convs halve S until <= 2."""
 
-    def __init__(self, channels: int = 1, size: int = 8, width: int = 64, out_dim: int = 1, norm: str = "none"):
+    def __init__(
+        self, channels: int = 1, size: int = 8, width: int = 64, out_dim: int = 1, norm: str = "none", minibatch_std: bool = False
+    ):
         super().__init__()
         if norm not in ("none", "batch", "layer"):
             raise ValueError(f"unknown discriminator norm {norm!r}; use 'none', 'batch' or 'layer'")
         layers: list[nn.Module] = []
         c_in, c, s = channels, width, size
-        while s > 4:
+        while s > 2:
             layers.append(nn.Conv2d(c_in, c, 4, stride=2, padding=1))  # S -> S/2
             if norm == "batch" and c_in != channels:
                 layers.append(nn.BatchNorm2d(c))
@@ -62,6 +66,9 @@ class DCGANDiscriminator(nn.Module):
                 layers.append(nn.GroupNorm(1, c))
             layers.append(nn.LeakyReLU(0.2, True))
             c_in, c, s = c, 2 * c, s // 2
+        if minibatch_std:  # one more channel: the batch's feature spread, which a collapsed generator lacks
+            layers.append(MinibatchStd())
+            c_in += 1
         self.features = nn.Sequential(*layers, nn.Flatten())
         self.head = nn.Linear(c_in * s * s, out_dim)
         self.feature_dim = c_in * s * s

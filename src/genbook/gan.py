@@ -1,0 +1,315 @@
+"""Generative adversarial networks (chapter 3): losses, penalties, conditional critics, style mixing, Dirac-GAN.
+
+| name in code | symbol |
+| ------------ | ------ |
+| ``real_logits``, ``fake_logits`` | the discriminator's logit f, D(x) = sigmoid(f(x)) |
+| ``critic`` | a WGAN critic C(x), unbounded (survey eq. 38, Box 4) |
+| ``gamma`` | the weight of the R1 penalty (survey eq. 40-41) |
+| ``w`` | StyleGAN's intermediate latent w = mapping(z) (survey Box 5) |
+
+Losses take logits and use softplus, so log D = -softplus(-f) and log(1 - D) = -softplus(f) stay
+finite where D saturates. The networks (``genbook.nets.DCGANGenerator``/``DCGANDiscriminator``,
+``MLP``) know nothing about these losses.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genbook.nets import MLP, DCGANDiscriminator, DCGANGenerator
+from genbook.nets import MinibatchStd as MinibatchStd  # re-exported: chapter 3 introduces it beside the losses
+
+# ----------------------------------------------------------------------------- losses (survey eq. 32-36, Box 3)
+
+
+def d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """-E[log D(x)] - E[log(1 - D(G(z)))] (survey eq. 35): the discriminator's cross-entropy."""
+    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+
+
+def g_loss_minimax(fake_logits: torch.Tensor) -> torch.Tensor:
+    """E[log(1 - D(G(z)))] (survey eq. 34): the original game; its gradient vanishes when D rejects G(z) confidently."""
+    return -F.softplus(fake_logits).mean()
+
+
+def g_loss_nonsaturating(fake_logits: torch.Tensor) -> torch.Tensor:
+    """-E[log D(G(z))] (survey eq. 36): same fixed point, strong gradients early in training."""
+    return F.softplus(-fake_logits).mean()
+
+
+def wgan_critic_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    """E[C(G(z))] - E[C(x)]: the critic maximizes the Kantorovich-Rubinstein estimate of W(P_r, P_g) (eq. 38)."""
+    return fake_scores.mean() - real_scores.mean()
+
+
+def wgan_g_loss(fake_scores: torch.Tensor) -> torch.Tensor:
+    """-E[C(G(z))]: the generator moves its samples up the critic's slope."""
+    return -fake_scores.mean()
+
+
+@torch.no_grad()
+def clip_weights(critic: nn.Module, c: float = 0.01) -> None:
+    """WGAN's Lipschitz constraint by weight clipping (Arjovsky et al. 2017): every parameter into [-c, c]."""
+    for p in critic.parameters():
+        p.clamp_(-c, c)
+
+
+def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, *args, generator: torch.Generator | None = None) -> torch.Tensor:
+    """E[(||grad_x C(x_hat)||_2 - 1)^2] at x_hat = eps x + (1 - eps) G(z), eps ~ U[0, 1] (WGAN-GP, survey Box 4).
+
+    Extra ``args`` (e.g. labels) are passed to the critic. Shapes: real, fake (B, ...) -> scalar.
+    """
+    eps = torch.rand(real.shape[0], *([1] * (real.ndim - 1)), generator=generator).to(real.device)
+    x_hat = (eps * real + (1 - eps) * fake.detach()).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x_hat, *args).sum(), x_hat, create_graph=True)
+    return (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
+
+
+def r1_penalty(discriminator, real: torch.Tensor, *args) -> torch.Tensor:
+    """E_x[||grad_x D(x)||^2] on real data (survey eq. 40; Mescheder et al. 2018); the loss adds gamma/2 times it (eq. 41)."""
+    x = real.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(discriminator(x, *args).sum(), x, create_graph=True)
+    return grad.flatten(1).pow(2).sum(1).mean()
+
+
+# ----------------------------------------------------------------------------- conditional generators and critics
+
+
+class ConditionalGenerator(nn.Module):
+    """G(z, y): a DCGAN generator whose input is z concatenated with the one-hot label (conditional GAN, eq. 42)."""
+
+    def __init__(self, z_dim: int, num_classes: int, channels: int = 1, size: int = 8, width: int = 64):
+        super().__init__()
+        self.z_dim, self.num_classes = z_dim, num_classes
+        self.net = DCGANGenerator(z_dim + num_classes, channels, size, width)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([z, F.one_hot(y, self.num_classes).to(z.dtype)], 1))
+
+
+class ConcatDiscriminator(nn.Module):
+    """D(x | y) with the label as extra one-hot input channels (Mirza and Osindero 2014; eq. 42). (B, C, S, S), (B,) -> (B,)."""
+
+    def __init__(self, num_classes: int, channels: int = 1, size: int = 8, width: int = 64):
+        super().__init__()
+        self.num_classes = num_classes
+        self.net = DCGANDiscriminator(channels + num_classes, size, width)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        onehot = F.one_hot(y, self.num_classes).to(x.dtype)[:, :, None, None].expand(-1, -1, *x.shape[-2:])
+        return self.net(torch.cat([x, onehot], 1)).squeeze(1)
+
+
+class ACGANDiscriminator(nn.Module):
+    """One body, two heads: a real/fake logit and class logits (AC-GAN, Odena et al. 2017; eq. 43-45).
+
+    ``forward(x, y)`` returns the real/fake logit so it plugs into the same losses and penalties;
+    ``class_logits(x)`` gives P(C | x). Shapes: (B, C, S, S) -> (B,) and (B, K).
+    """
+
+    def __init__(self, num_classes: int, channels: int = 1, size: int = 8, width: int = 64):
+        super().__init__()
+        self.net = DCGANDiscriminator(channels, size, width, out_dim=1 + num_classes)
+
+    def both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.net(x)
+        return out[:, 0], out[:, 1:]
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.both(x)[0]
+
+    def class_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.both(x)[1]
+
+
+class ProjectionDiscriminator(nn.Module):
+    """D(x, y) = psi(phi(x)) + <v_y, phi(x)> (Miyato and Koyama 2018; survey eq. 46). (B, C, S, S), (B,) -> (B,)."""
+
+    def __init__(self, num_classes: int, channels: int = 1, size: int = 8, width: int = 64):
+        super().__init__()
+        self.net = DCGANDiscriminator(channels, size, width)
+        self.embed = nn.Embedding(num_classes, self.net.feature_dim)  # v_y
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        phi = self.net.features(x)  # (B, F)
+        return self.net.head(phi).squeeze(1) + (self.embed(y) * phi).sum(1)  # unconditional term + label-image match
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class GANHistory:
+    """Per-step losses and the generator's gradient norm, as measured by :func:`train_gan`."""
+
+    d_loss: list[float] = field(default_factory=list)
+    g_loss: list[float] = field(default_factory=list)
+    g_grad_norm: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+LOSSES = ("nonsaturating", "minimax", "wgan-clip", "wgan-gp")
+
+
+def train_gan(
+    generator: nn.Module,
+    discriminator: nn.Module,
+    batches,
+    steps: int,
+    z_dim: int,
+    loss: str = "nonsaturating",
+    r1_gamma: float = 0.0,
+    n_critic: int = 1,
+    lr: float = 2e-4,
+    betas: tuple[float, float] = (0.5, 0.999),
+    gp_weight: float = 10.0,
+    clip_value: float = 0.01,
+    conditional: bool = False,
+    acgan: bool = False,
+    generator_rng: torch.Generator | None = None,
+) -> GANHistory:
+    """Alternate ``n_critic`` discriminator steps and one generator step (survey Box 3 and Box 4).
+
+    ``batches`` yields real images (or (images, labels) when ``conditional``). The losses are the
+    ones named in :data:`LOSSES`; ``r1_gamma`` adds gamma/2 R1 (eq. 41) to the discriminator's loss;
+    ``acgan`` adds the class cross-entropies L_C of eq. 44-45 to both players.
+    """
+    import time
+
+    if loss not in LOSSES:
+        raise ValueError(f"unknown GAN loss {loss!r}; valid losses are {', '.join(LOSSES)}")
+    if acgan and not conditional:
+        raise ValueError("acgan=True needs conditional=True: the batches must carry labels")
+    device = next(generator.parameters()).device
+    opt_g = torch.optim.Adam(generator.parameters(), lr=lr, betas=betas)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=betas)
+    hist = GANHistory()
+    start = time.perf_counter()
+    wgan = loss.startswith("wgan")
+
+    def draw(n: int) -> torch.Tensor:
+        return torch.randn(n, z_dim, generator=generator_rng).to(device)
+
+    def call(net, x, y):
+        return net(x, y) if conditional else net(x)
+
+    def judge(x, y):  # the real/fake output, and the class logits for AC-GAN, from one forward pass
+        if acgan:
+            out, cls = discriminator.both(x)
+            return out, cls
+        return call(discriminator, x, y).squeeze(-1), None
+
+    generator.train()
+    discriminator.train()
+    for _ in range(steps):
+        for _ in range(n_critic):
+            batch = next(batches)
+            real, y = batch if conditional else (batch, None)
+            with torch.no_grad():
+                fake = call(generator, draw(len(real)), y)
+            (real_out, real_cls), (fake_out, fake_cls) = judge(real, y), judge(fake, y)
+            ld = wgan_critic_loss(real_out, fake_out) if wgan else d_loss(real_out, fake_out)
+            if loss == "wgan-gp":
+                ld = ld + gp_weight * gradient_penalty(discriminator, real, fake, *([y] if conditional else []))
+            if r1_gamma:
+                ld = ld + 0.5 * r1_gamma * r1_penalty(discriminator, real, *([y] if conditional else []))
+            if acgan:  # L_C of eq. 44 on real and fake samples
+                ld = ld + F.cross_entropy(real_cls, y) + F.cross_entropy(fake_cls, y)
+            opt_d.zero_grad(set_to_none=True)
+            ld.backward()
+            opt_d.step()
+            if loss == "wgan-clip":
+                clip_weights(discriminator, clip_value)
+        fake_out, fake_cls = judge(call(generator, draw(len(real)), y), y)
+        lg = {"nonsaturating": g_loss_nonsaturating, "minimax": g_loss_minimax}.get(loss, wgan_g_loss)(fake_out)
+        if acgan:
+            lg = lg + F.cross_entropy(fake_cls, y)
+        opt_g.zero_grad(set_to_none=True)
+        lg.backward()
+        hist.g_grad_norm.append(math.sqrt(sum(p.grad.pow(2).sum().item() for p in generator.parameters() if p.grad is not None)))
+        opt_g.step()
+        hist.d_loss.append(ld.item())
+        hist.g_loss.append(lg.item())
+    generator.eval()
+    discriminator.eval()
+    hist.seconds = time.perf_counter() - start
+    return hist
+
+
+# ----------------------------------------------------------------------------- style mixing at toy scale (Box 5)
+
+
+class AdaIN(nn.Module):
+    """Adaptive instance norm: normalize each channel, then scale and shift it by an affine map of w."""
+
+    def __init__(self, channels: int, w_dim: int):
+        super().__init__()
+        self.norm = nn.InstanceNorm2d(channels)
+        self.style = nn.Linear(w_dim, 2 * channels)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.style(w).chunk(2, 1)  # (B, C) each
+        return self.norm(x) * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+
+
+class StyleGenerator(nn.Module):
+    """A mapping network z -> w and a synthesis network from a learned constant, one style per resolution (StyleGAN, Box 5).
+
+    8x8 output: const 2x2 -> 4x4 -> 8x8, three AdaIN layers. ``forward(z, z_mix, crossover)`` uses w(z)
+    for layers before ``crossover`` and w(z_mix) from it on: style mixing. Shapes: z (B, z_dim) -> (B, C, 8, 8).
+    """
+
+    def __init__(self, z_dim: int = 32, w_dim: int = 32, channels: int = 1, width: int = 64, mapping_layers: int = 4):
+        super().__init__()
+        self.z_dim = z_dim
+        self.mapping = MLP(z_dim, w_dim, (w_dim,) * (mapping_layers - 1), act=lambda: nn.LeakyReLU(0.2))
+        self.const = nn.Parameter(torch.randn(1, width, 2, 2))
+        chans = [width, width, width // 2, width // 4]  # const, then one conv per resolution 2, 4, 8
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in zip(chans[:-1], chans[1:]))
+        self.styles = nn.ModuleList(AdaIN(c, w_dim) for c in chans[1:])
+        self.out = nn.Conv2d(chans[-1], channels, 1)
+        self.num_layers = len(self.convs)
+
+    def forward(self, z: torch.Tensor, z_mix: torch.Tensor | None = None, crossover: int | None = None) -> torch.Tensor:
+        w = self.mapping(z)  # (B, w_dim)
+        w2 = self.mapping(z_mix) if z_mix is not None else w
+        cross = self.num_layers if crossover is None else crossover
+        h = self.const.expand(len(z), -1, -1, -1)
+        for i, (conv, style) in enumerate(zip(self.convs, self.styles)):
+            if i > 0:
+                h = F.interpolate(h, scale_factor=2, mode="nearest")  # 2 -> 4 -> 8
+            h = style(F.leaky_relu(conv(h), 0.2), w if i < cross else w2)
+        return torch.tanh(self.out(h))
+
+
+# ----------------------------------------------------------------------------- the Dirac-GAN (Mescheder et al. 2018)
+
+
+def dirac_gan(steps: int, lr: float = 0.1, r1_gamma: float = 0.0, theta0: float = 1.0, psi0: float = 1.0) -> torch.Tensor:
+    """Simultaneous gradient descent on the Dirac-GAN: data at 0, G is a point mass at theta, D(x) = sigmoid(psi x).
+
+    The game L(theta, psi) = f(psi theta) + f(0) with f(t) = -log(1 + exp(-t)) has its equilibrium at (0, 0);
+    unregularized updates circle away from it, R1 (gamma/2 psi^2 here, since grad_x D = psi) pulls them in.
+    Returns the trajectory (steps + 1, 2) of (theta, psi). Computed with autograd on the package's losses.
+    """
+    theta = torch.tensor(theta0, requires_grad=True)
+    psi = torch.tensor(psi0, requires_grad=True)
+    path = [(theta0, psi0)]
+    for _ in range(steps):
+        fake_logit, real_logit = psi * theta, psi * torch.zeros(())
+        ld = d_loss(real_logit, fake_logit)  # D minimizes its cross-entropy, G the minimax loss (eq. 34-35)
+        if r1_gamma:
+            ld = ld + 0.5 * r1_gamma * psi.pow(2)  # ||grad_x psi x||^2 = psi^2 at every real x
+        lg = g_loss_minimax(fake_logit)
+        g_theta = torch.autograd.grad(lg, theta, retain_graph=True)[0]
+        g_psi = torch.autograd.grad(ld, psi)[0]
+        with torch.no_grad():
+            theta -= lr * g_theta
+            psi -= lr * g_psi
+        path.append((theta.item(), psi.item()))
+    return torch.tensor(path)
