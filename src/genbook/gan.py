@@ -15,6 +15,7 @@ finite where D saturates. The networks (``genbook.nets.DCGANGenerator``/``DCGAND
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -179,8 +180,6 @@ def train_gan(
     ones named in :data:`LOSSES`; ``r1_gamma`` adds gamma/2 R1 (eq. 41) to the discriminator's loss;
     ``acgan`` adds the class cross-entropies L_C of eq. 44-45 to both players.
     """
-    import time
-
     if loss not in LOSSES:
         raise ValueError(f"unknown GAN loss {loss!r}; valid losses are {', '.join(LOSSES)}")
     if acgan and not conditional:
