@@ -269,3 +269,13 @@ def test_load_dataset_unreachable_mirror_fails_fast_and_clean(tmp_path, monkeypa
     monkeypatch.setenv("GENBOOK_DATA", str(tmp_path))
     monkeypatch.setitem(data.MIRRORS, "mnist", ["http://127.0.0.1:9/"])  # loopback discard port: refused at once
     _assert_unavailable_fast_and_clean(tmp_path)
+
+
+def test_categorical_mean_is_the_expected_level():
+    """categorical_mean equals sum_k softmax_k * k / (K - 1), written out with a loop over levels."""
+    torch.manual_seed(0)
+    logits = torch.randn(3, 17, 1, 4, 4)
+    probs = torch.softmax(logits, 1)
+    by_hand = sum(probs[:, k] * k for k in range(17)) / 16
+    torch.testing.assert_close(data.categorical_mean(logits), by_hand)
+    assert data.categorical_mean(torch.full((1, 17, 2), -1e4).index_fill(1, torch.tensor([16]), 0.0)).allclose(torch.ones(1, 2))

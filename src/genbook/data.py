@@ -90,6 +90,16 @@ def to_unit(x_int: torch.Tensor, levels: int = DIGIT_LEVELS) -> torch.Tensor:
     return x_int.float() / (levels - 1)
 
 
+def categorical_mean(logits: torch.Tensor) -> torch.Tensor:
+    """Expected pixel value in [0, 1] under per-pixel categorical logits: sum_k softmax_k * k / (K - 1).
+
+    The "mean image" of the 17-way decoders of chapter 2. Shapes: (B, K, *pixels) -> (B, *pixels).
+    """
+    probs = logits.float().softmax(1)
+    values = torch.linspace(0, 1, logits.shape[1], device=logits.device)  # k / (K - 1)
+    return torch.einsum("bk...,k->b...", probs, values)
+
+
 def quantize(x_unit: torch.Tensor, levels: int = DIGIT_LEVELS) -> torch.Tensor:
     """Round images in [0, 1] back to the integer levels 0..K-1 (clamping what falls outside)."""
     return (x_unit.clamp(0, 1) * (levels - 1)).round().long()

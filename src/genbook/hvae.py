@@ -95,9 +95,7 @@ class HierarchicalVAE(nn.Module):
             mu, logvar = self._prior(level, c)
             eps = torch.randn(n, d, generator=generator).to(device)
             c = c + self.updates[level](torch.cat([c, reparameterize(mu, logvar, eps)], -1))
-        probs = self._logits(F.silu(c)).float().softmax(1)
-        levels = torch.arange(self.cfg.levels, device=device, dtype=probs.dtype).view(1, -1, 1, 1, 1)
-        return (probs * levels).sum(1) / (self.cfg.levels - 1)
+        return data.categorical_mean(self._logits(F.silu(c)))
 
 
 def hvae_loss(model: HierarchicalVAE, x_int: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:

@@ -189,10 +189,10 @@ class VAE(nn.Module):
                 noise = torch.randn(mean.shape, generator=generator).to(mean.device)
                 mean = mean + self.log_sigma.exp() * noise
             return mean.clamp(0, 1)
-        probs = self.decoder(zin).view(len(z), cfg.levels, cfg.channels, cfg.size, cfg.size).float().softmax(1)  # (B, K, C, S, S)
-        levels = torch.arange(cfg.levels, device=z.device, dtype=probs.dtype).view(1, -1, 1, 1, 1)
+        logits = self.decoder(zin).view(len(z), cfg.levels, cfg.channels, cfg.size, cfg.size)  # (B, K, C, S, S)
         if mode == "mean":
-            return (probs * levels).sum(1) / (cfg.levels - 1)
+            return data.categorical_mean(logits)
+        probs = logits.float().softmax(1)
         if mode == "mode":
             return probs.argmax(1).float() / (cfg.levels - 1)
         flat = probs.permute(0, 2, 3, 4, 1).reshape(-1, cfg.levels)  # (B*C*S*S, K)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genbook.data import to_unit
+from genbook.data import categorical_mean, to_unit
 from genbook.metrics import categorical_nll
 from genbook.nets import ResBlock
 from genbook.nets.transformer import TinyTransformer, TinyTransformerConfig
@@ -194,9 +194,7 @@ class VQVAE(nn.Module):
     @torch.no_grad()
     def codes_to_images(self, codes: torch.Tensor) -> torch.Tensor:
         """Code grids to images, the decoder's mean E[x] = sum_k softmax(logits)_k k / (K - 1): (B, g, g) -> (B, C, S, S) in [0, 1]."""
-        probs = self.decode_codes(codes).softmax(1)  # (B, K, C, S, S)
-        values = torch.linspace(0, 1, self.cfg.levels, device=probs.device)  # k / (K - 1)
-        return torch.einsum("bkcij,k->bcij", probs, values)  # (B, C, S, S)
+        return categorical_mean(self.decode_codes(codes))  # (B, K, C, S, S) -> (B, C, S, S)
 
 
 def vqvae_loss(model: VQVAE, x_int: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
