@@ -184,7 +184,7 @@ def test_actnorm_data_dependent_initialization():
 
 
 def test_invconv_lu_logdet_equals_slogdet_and_weight_is_a_rotation_at_init():
-    layer = InvConv1x1(5)
+    layer = InvConv1x1(5).to("cpu", torch.float64)  # moves must keep working (nn.Module._apply)
     w = layer.weight()
     torch.testing.assert_close(w @ w.T, torch.eye(5), atol=1e-10, rtol=0)
     _perturb(layer)
@@ -321,6 +321,7 @@ def test_cnf_sampling_inverts_log_prob_path_and_trajectory_shape():
     traj = cnf.trajectory(z)
     assert traj.shape == (7, 5, 2)
     torch.testing.assert_close(traj[-1], x, atol=1e-12, rtol=0)
+    assert cnf.trajectory(z, steps=12).shape == (13, 5, 2)
     assert cnf.sample(3).shape == (3, 2)
     with pytest.raises(ValueError, match="method"):
         CNF(TimeMLP(2), (2,), method="dopri5")
@@ -345,6 +346,9 @@ def test_digits_flow_inverts_and_counts_parameters():
     y = torch.rand(3, 1, 8, 8)
     z, _ = flow(y)
     torch.testing.assert_close(flow.inverse(z), y, atol=1e-9, rtol=0)
+    assert z.shape[1:] == flow.base_shape == (16, 2, 2)
+    samples = flow.sample(5)
+    assert samples.shape == (5, 1, 8, 8) and ((samples >= 0) & (samples < 1)).all()
     with pytest.raises(ValueError, match="coupling"):
         digits_flow(DigitsFlowConfig(coupling="spline"))
     with pytest.raises(ValueError, match="multiple of 4"):

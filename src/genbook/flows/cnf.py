@@ -138,13 +138,15 @@ class CNF(nn.Module):
         return self._integrate(z, 0.0, 1.0, None, with_div=False)[0]
 
     @torch.no_grad()
-    def trajectory(self, z: torch.Tensor) -> torch.Tensor:
-        """The solver's states x(0), x(h), ..., x(1) from base points z: shape (steps + 1, B, *event)."""
-        states, steps = [z], self.steps
+    def trajectory(self, z: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+        """The states x(0), x(1/n), ..., x(1) from base points z, with ``steps`` = n solver steps (default:
+        the model's own). Shape (n + 1, B, *event)."""
+        n, own = steps or self.steps, self.steps
+        states = [z]
         self.steps = 1
         try:
-            for k in range(steps):
-                states.append(self._integrate(states[-1], k / steps, (k + 1) / steps, None, with_div=False)[0])
+            for k in range(n):
+                states.append(self._integrate(states[-1], k / n, (k + 1) / n, None, with_div=False)[0])
         finally:
-            self.steps = steps
+            self.steps = own
         return torch.stack(states)

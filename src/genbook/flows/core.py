@@ -177,23 +177,23 @@ class InvConv1x1(FlowLayer):
         self.log_s = nn.Parameter(diag.abs().log())
 
     def weight(self) -> torch.Tensor:
-        eye = torch.eye(self.p.shape[0], device=self.p.device)
+        eye = torch.eye(self.p.shape[0], device=self.p.device, dtype=self.p.dtype)
         lower = self.lower * self.l_mask + eye
         upper = self.upper * self.l_mask.T + torch.diag(self.sign_s * self.log_s.exp())
         return self.p @ lower @ upper  # (C, C)
 
-    def _apply(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def _mix(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:
             return x @ w.T  # (B, C)
         return torch.einsum("oc,bchw->bohw", w, x)
 
     def forward(self, x):
         pixels = math.prod(x.shape[2:])
-        return self._apply(x, self.weight()), self.log_s.sum().expand(x.shape[0]) * pixels
+        return self._mix(x, self.weight()), self.log_s.sum().expand(x.shape[0]) * pixels
 
     def inverse(self, z):
         pixels = math.prod(z.shape[2:])
-        return self._apply(z, torch.linalg.inv(self.weight())), -self.log_s.sum().expand(z.shape[0]) * pixels
+        return self._mix(z, torch.linalg.inv(self.weight())), -self.log_s.sum().expand(z.shape[0]) * pixels
 
 
 class Reverse(FlowLayer):
@@ -263,13 +263,15 @@ class Flow(nn.Module):
     """A stack of layers and a standard-normal base: log p(x) = log N(f(x); 0, I) + sum_l logdet_l (eq. 54).
 
     Survey Box 6 (training: ``log_prob``; generation: ``sample``); chapter 4, "Change of variables".
-    ``event_shape`` is the shape of one data point, e.g. (2,) or (64,) or (1, 8, 8).
+    ``event_shape`` is the shape of one data point, e.g. (2,) or (64,) or (1, 8, 8); ``base_shape`` the shape
+    of z when the layers reshape (squeezes), by default the same.
     """
 
-    def __init__(self, layers: list[FlowLayer], event_shape: tuple[int, ...]):
+    def __init__(self, layers: list[FlowLayer], event_shape: tuple[int, ...], base_shape: tuple[int, ...] | None = None):
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.event_shape = tuple(event_shape)
+        self.base_shape = tuple(base_shape) if base_shape is not None else self.event_shape
 
     def base_log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return _sum_except_batch(-0.5 * z**2 - 0.5 * math.log(2 * math.pi))  # eq. 48 with Gaussian factors
@@ -296,8 +298,8 @@ class Flow(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Box 6, generation: z ~ N(0, T^2 I), x = f^-1(z). Shape (n, *event_shape)."""
+        """Box 6, generation: z ~ N(0, T^2 I) of shape (n, *base_shape), x = f^-1(z) of shape (n, *event_shape)."""
         param = next(self.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
-        z = torch.randn((n, *self.event_shape), generator=generator, device="cpu").to(device) * temperature
+        z = torch.randn((n, *self.base_shape), generator=generator, device="cpu").to(device) * temperature
         return self.inverse(z)

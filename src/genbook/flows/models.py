@@ -92,7 +92,7 @@ def digits_flow(cfg: DigitsFlowConfig | None = None, size: int = 8) -> Flow:
             if cfg.glow:
                 layers += [ActNorm(channels), InvConv1x1(channels)]
             layers.append(_coupling(cfg, channel_mask(channels, side, i % 2)))
-    return Flow(layers, (1, size, size))
+    return Flow(layers, (1, size, size), base_shape=(16, size // 4, size // 4))
 
 
 def autoregressive_flow(dim: int = 64, layers: int = 4, hidden: int = 256, mode: str = "maf", alpha: float = 1e-3) -> Flow:
