@@ -58,6 +58,7 @@ class TinyTransformer(nn.Module):
         self.tok = nn.Embedding(cfg.vocab_size + cfg.extra_tokens, cfg.dim)
         self.pos = nn.Parameter(torch.zeros(1, cfg.seq_len, cfg.dim))
         nn.init.normal_(self.pos, std=0.02)
+        nn.init.normal_(self.tok.weight, std=0.02)  # GPT-2's scale: a unit-variance token embedding would drown the positions
         self.cls = nn.Embedding(cfg.num_classes, cfg.dim) if cfg.num_classes else None
         self.blocks = nn.ModuleList(TransformerBlock(cfg.dim, cfg.heads, dropout=cfg.dropout) for _ in range(cfg.depth))
         self.ln = nn.LayerNorm(cfg.dim)
