@@ -1,0 +1,31 @@
+"""Diffusion models (chapter 6): schedules and the forward process, the epsilon loss, DDPM, DDIM and its
+inversion, classifier and classifier-free guidance, EDM's Heun sampler."""
+
+from genbook.diffusion.samplers import (
+    classifier_free,
+    classifier_guided,
+    ddim_invert,
+    ddim_sample,
+    ddim_steps,
+    ddpm_sample,
+    edm_heun_sample,
+    edm_sigmas,
+    eps_loss,
+)
+from genbook.diffusion.schedule import Schedule, cosine_alpha_bar, cosine_schedule, linear_schedule
+
+__all__ = [
+    "Schedule",
+    "classifier_free",
+    "classifier_guided",
+    "cosine_alpha_bar",
+    "cosine_schedule",
+    "ddim_invert",
+    "ddim_sample",
+    "ddim_steps",
+    "ddpm_sample",
+    "edm_heun_sample",
+    "edm_sigmas",
+    "eps_loss",
+    "linear_schedule",
+]

@@ -1,0 +1,197 @@
+"""The training loss and the samplers of chapter 6: DDPM, DDIM (and its inversion), guidance, EDM's Heun sampler.
+
+| name in code | symbol |
+| ------------ | ------ |
+| ``eps_fn``   | the noise predictor eps_theta(x_t, t, y): any callable (x, t, y) -> tensor shaped like x |
+| ``steps``    | the decreasing step indices a sampler visits, a subset of 0..T-1 |
+| ``eta``      | DDIM's stochasticity: 0 deterministic, 1 the DDPM posterior variance (survey eq. 85) |
+| ``w``        | the classifier-free guidance weight (survey eq. 92) |
+
+Every sampler reads like its box or equation in the survey; none knows the network's architecture.
+Randomness comes from ``generator`` on the CPU, so a seed gives the same samples on any device. Chapter 6.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from genbook.diffusion.schedule import Schedule, _bcast
+
+EpsFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+def _randn(shape, generator: torch.Generator | None, device) -> torch.Tensor:
+    return torch.randn(tuple(shape), generator=generator).to(device)
+
+
+def _steps_tensor(t: int, n: int, device) -> torch.Tensor:
+    return torch.full((n,), t, dtype=torch.long, device=device)
+
+
+def eps_loss(eps_fn: EpsFn, sched: Schedule, x0: torch.Tensor, y: torch.Tensor | None = None, p_uncond: float = 0.0) -> torch.Tensor:
+    """L_simple = E_{t, eps} ||eps - eps_theta(x_t, t, y)||^2 per dimension (survey eq. 83, Box 8 training).
+
+    With ``p_uncond`` > 0 each label is replaced by -1 ("no label") with that probability: the label dropout
+    that lets one network give both eps(x, t, y) and eps(x, t, none) for classifier-free guidance (eq. 92).
+    """
+    b = x0.shape[0]
+    t = torch.randint(0, sched.T, (b,), device=x0.device)
+    eps = torch.randn_like(x0)
+    if y is not None and p_uncond > 0:
+        y = torch.where(torch.rand(b, device=y.device) < p_uncond, torch.full_like(y, -1), y)
+    return F.mse_loss(eps_fn(sched.q_sample(x0, t, eps), t, y), eps)
+
+
+@torch.no_grad()
+def ddpm_sample(
+    eps_fn: EpsFn, sched: Schedule, shape, y: torch.Tensor | None = None, generator: torch.Generator | None = None, device="cpu"
+) -> torch.Tensor:
+    """Ancestral sampling, survey Box 8: x_T ~ N(0, I); for t = T..1,
+    x_{t-1} = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps_theta(x_t, t)) / sqrt(alpha_t) + sigma_t z, sigma_t^2 = beta_t, z = 0 at the end.
+    T network evaluations."""
+    x = _randn(shape, generator, device)
+    for t in reversed(range(sched.T)):
+        tt = _steps_tensor(t, shape[0], device)
+        eps = eps_fn(x, tt, y)
+        beta, ab = _bcast(sched.betas, tt, x), _bcast(sched.alpha_bar, tt, x)
+        x = (x - beta / (1 - ab).sqrt() * eps) / (1 - beta).sqrt()
+        if t > 0:
+            x = x + beta.sqrt() * _randn(shape, generator, device)
+    return x
+
+
+def ddim_steps(T: int, n: int) -> list[int]:  # noqa: N803
+    """n evenly spaced step indices from T-1 down to 0 (DDIM's subsequence tau, Song et al. 2021)."""
+    if not 1 <= n <= T:
+        raise ValueError(f"the number of DDIM steps must be between 1 and T={T}, got {n}")
+    return sorted({round(i * (T - 1) / max(n - 1, 1)) for i in range(n)}, reverse=True) if n > 1 else [T - 1]
+
+
+@torch.no_grad()
+def ddim_sample(
+    eps_fn: EpsFn,
+    sched: Schedule,
+    shape,
+    steps: int | list[int] = 50,
+    eta: float = 0.0,
+    y: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    x_T: torch.Tensor | None = None,  # noqa: N803
+    device="cpu",
+) -> torch.Tensor:
+    """DDIM (survey eq. 84-85) over a decreasing subset of steps: x0_hat from eq. 84, then
+    x_prev = sqrt(alpha_bar_prev) x0_hat + sqrt(1 - alpha_bar_prev - sigma^2) eps_hat + sigma z,
+    sigma = eta sqrt((1 - alpha_bar_prev) / (1 - alpha_bar_t)) sqrt(1 - alpha_bar_t / alpha_bar_prev).
+    One network evaluation per step; with eta = 0 the map from x_T to x_0 is deterministic."""
+    taus = ddim_steps(sched.T, steps) if isinstance(steps, int) else list(steps)
+    x = _randn(shape, generator, device) if x_T is None else x_T.clone()
+    for i, t in enumerate(taus):
+        tt = _steps_tensor(t, shape[0], device)
+        eps = eps_fn(x, tt, y)
+        x0_hat = sched.predict_x0(x, tt, eps)
+        ab = _bcast(sched.alpha_bar, tt, x)
+        ab_prev = _bcast(sched.alpha_bar, _steps_tensor(taus[i + 1], shape[0], device), x) if i + 1 < len(taus) else torch.ones_like(ab)
+        sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
+        x = ab_prev.sqrt() * x0_hat + (1 - ab_prev - sigma**2).clamp_min(0).sqrt() * eps
+        if eta > 0 and i + 1 < len(taus):
+            x = x + sigma * _randn(shape, generator, device)
+    return x
+
+
+@torch.no_grad()
+def ddim_invert(
+    eps_fn: EpsFn, sched: Schedule, x0: torch.Tensor, steps: int | list[int] = 50, y: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Run deterministic DDIM backwards, x_0 -> x_T, reusing eps_theta at the next step's time: the latent that
+    ``ddim_sample(..., eta=0, x_T=...)`` maps back to (approximately) x0. Used by DIRE in chapter 9."""
+    taus = list(reversed(ddim_steps(sched.T, steps) if isinstance(steps, int) else list(steps)))  # increasing
+    x, n = x0.clone(), x0.shape[0]
+    ab_prev = torch.ones_like(_bcast(sched.alpha_bar, _steps_tensor(0, n, x0.device), x0))
+    for t in taus:
+        tt = _steps_tensor(t, n, x0.device)
+        ab = _bcast(sched.alpha_bar, tt, x)
+        eps = eps_fn(x, tt, y)
+        x0_hat = (x - (1 - ab_prev).sqrt() * eps) / ab_prev.sqrt()
+        x = ab.sqrt() * x0_hat + (1 - ab).sqrt() * eps
+        ab_prev = ab
+    return x
+
+
+def classifier_free(eps_fn: EpsFn, w: float) -> EpsFn:
+    """eps_tilde(x, t, c) = (1 + w) eps(x, t, c) - w eps(x, t, none) (survey eq. 92; Ho & Salimans 2022).
+
+    Both terms come from one batched call; label -1 means "no label". w = 0 is the plain conditional model.
+    """
+
+    def guided(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        if w == 0:
+            return eps_fn(x, t, y)
+        both = eps_fn(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, -1)]))
+        cond, uncond = both.chunk(2)
+        return (1 + w) * cond - w * uncond
+
+    return guided
+
+
+def classifier_guided(eps_fn: EpsFn, classifier: Callable, sched: Schedule, scale: float) -> EpsFn:
+    """eps_hat = eps_theta(x_t, t) - s sqrt(1 - alpha_bar_t) grad_x log p_phi(y | x_t, t): survey eq. 91 written for
+    eps-prediction (Dhariwal & Nichol 2021, algorithm 2). ``classifier(x_t, t)`` returns logits of a noise-aware classifier."""
+
+    def guided(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        eps = eps_fn(x, t, None)
+        if scale == 0:
+            return eps
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            log_p = classifier(xg, t).log_softmax(-1).gather(1, y[:, None]).sum()
+            (grad,) = torch.autograd.grad(log_p, xg)
+        return eps - scale * (1 - _bcast(sched.alpha_bar, t, x)).sqrt() * grad
+
+    return guided
+
+
+def edm_sigmas(sched: Schedule, n: int, rho: float = 7.0, sigma_max: float = 80.0) -> torch.Tensor:
+    """Karras et al. 2022's noise levels sigma_i = (smax^(1/rho) + i/(n-1) (smin^(1/rho) - smax^(1/rho)))^rho, then 0.
+
+    smin is the schedule's first step; smax its last, capped at EDM's 80 (a cosine schedule reaches thousands,
+    and steps spent there are wasted: x is pure noise either way)."""
+    s_min = sched.sigma(torch.tensor(0))
+    s_max = sched.sigma(torch.tensor(sched.T - 1)).clamp(max=sigma_max)
+    i = torch.arange(n, dtype=torch.float64) / max(n - 1, 1)
+    sig = (s_max ** (1 / rho) + i * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+    return torch.cat([sig, torch.zeros(1, dtype=torch.float64)])
+
+
+@torch.no_grad()
+def edm_heun_sample(
+    eps_fn: EpsFn,
+    sched: Schedule,
+    shape,
+    steps: int = 10,
+    y: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    device="cpu",
+) -> torch.Tensor:
+    """EDM's deterministic Heun sampler (Karras et al. 2022, algorithm 1) on the probability-flow ODE
+    dx/dsigma = (x - D(x, sigma)) / sigma in the variable x = x_t / sqrt(alpha_bar_t) = x_0 + sigma eps, with the
+    denoiser D(x, sigma) = x - sigma eps_theta(x / sqrt(1 + sigma^2), t(sigma)) built from the trained eps-network
+    (no retraining). 2 * steps - 1 network evaluations."""
+    sig = edm_sigmas(sched, steps)
+
+    def denoise(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        t = sched.t_of_sigma(s).to(device).expand(shape[0])
+        return x - float(s) * eps_fn(x / float((1 + s**2).sqrt()), t, y)
+
+    x = _randn(shape, generator, device) * float(sig[0])
+    for i in range(steps):
+        s, s_next = sig[i], sig[i + 1]
+        d = (x - denoise(x, s)) / float(s)
+        x_next = x + float(s_next - s) * d  # Euler step
+        if s_next > 0:  # Heun's correction
+            d_next = (x_next - denoise(x_next, s_next)) / float(s_next)
+            x_next = x + float(s_next - s) * (d + d_next) / 2
+        x = x_next
+    return x

@@ -1,0 +1,182 @@
+"""Tests for genbook.diffusion: schedules against their formulas, the posterior against Bayes' rule, and every sampler
+against the exact denoiser of Gaussian data, whose samples must have the data's variance."""
+
+import math
+
+import pytest
+import torch
+
+from genbook import diffusion as dif
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+S_DATA = 0.5  # data x0 ~ N(0, S_DATA^2 I)
+
+
+def exact_eps(sched):
+    """E[eps | x_t] for Gaussian data: sqrt(1 - ab) / (ab s^2 + 1 - ab) * x_t. A fractional t (EDM) interpolates
+    log sigma between steps, as ``Schedule.t_of_sigma`` assumes."""
+    log_sig = sched.sigma(torch.arange(sched.T)).log()
+
+    def eps_fn(x, t, y=None):
+        if t.is_floating_point():
+            lo = t.floor().long().clamp(0, sched.T - 2)
+            w = (t - lo).double()
+            sig = ((1 - w) * log_sig[lo] + w * log_sig[lo + 1]).exp()
+            ab = (1 / (1 + sig**2)).float()
+        else:
+            ab = sched.alpha_bar[t].float()
+        ab = ab.view(-1, *([1] * (x.dim() - 1)))
+        return (1 - ab).sqrt() / (ab * S_DATA**2 + 1 - ab) * x
+
+    return eps_fn
+
+
+def test_linear_and_cosine_schedules_match_their_definitions():
+    lin = dif.linear_schedule(1000)
+    assert math.isclose(lin.betas[0].item(), 1e-4) and math.isclose(lin.betas[-1].item(), 0.02)
+    assert math.isclose(dif.linear_schedule(100).betas[-1].item(), 0.2)  # rescaled by 1000 / T
+    T, s = 100, 0.008
+    cos = dif.cosine_schedule(T, s)
+    for t in (0, 10, 50, 90):
+        by_hand = math.cos(((t + 1) / T + s) / (1 + s) * math.pi / 2) ** 2 / math.cos(s / (1 + s) * math.pi / 2) ** 2
+        assert math.isclose(cos.alpha_bar[t].item(), by_hand, rel_tol=1e-9)
+    assert cos.betas.max() <= 0.999
+    with pytest.raises(ValueError, match="betas"):
+        dif.Schedule(torch.tensor([0.1, 1.5]))
+
+
+def test_q_sample_moments_and_snr_falls():
+    sched = dif.cosine_schedule(50)
+    x0 = torch.full((20000, 1), 2.0)
+    t = torch.full((20000,), 30)
+    xt = sched.q_sample(x0, t, torch.randn_like(x0))
+    ab = sched.alpha_bar[30].item()
+    assert abs(xt.mean().item() - 2 * math.sqrt(ab)) < 0.02
+    assert abs(xt.var().item() - (1 - ab)) < 0.02
+    snr = sched.snr(torch.arange(50))
+    assert (snr[1:] < snr[:-1]).all()
+    torch.testing.assert_close(sched.predict_x0(xt, t, (xt - math.sqrt(ab) * x0) / math.sqrt(1 - ab)), x0, atol=1e-4, rtol=0)
+
+
+def test_posterior_matches_bayes_rule():
+    sched = dif.linear_schedule(100)
+    x0, xt = torch.randn(5, 3), torch.randn(5, 3)
+    for step in (1, 40, 99):
+        t = torch.full((5,), step)
+        mean, var = sched.posterior(x0, xt, t)
+        ab_prev, alpha = sched.alpha_bar[step - 1].item(), sched.alphas[step].item()
+        beta = 1 - alpha
+        # q(x_{t-1} | x0) = N(sqrt(ab_prev) x0, 1 - ab_prev), q(x_t | x_{t-1}) = N(sqrt(alpha) x_{t-1}, beta): multiply the Gaussians
+        precision = 1 / (1 - ab_prev) + alpha / beta
+        by_hand_mean = (math.sqrt(ab_prev) * x0 / (1 - ab_prev) + math.sqrt(alpha) * xt / beta) / precision
+        torch.testing.assert_close(mean, by_hand_mean, atol=1e-5, rtol=1e-5)
+        assert math.isclose(var.flatten()[0].item(), 1 / precision, rel_tol=1e-4)  # float32
+    _, var0 = sched.posterior(x0, xt, torch.zeros(5, dtype=torch.long))
+    assert var0.abs().max() < 1e-12  # at the first step the posterior is x0 itself
+
+
+def test_ddim_steps():
+    assert dif.ddim_steps(1000, 1) == [999]
+    steps = dif.ddim_steps(1000, 10)
+    assert len(steps) == 10 and steps[0] == 999 and steps[-1] == 0 and steps == sorted(steps, reverse=True)
+    with pytest.raises(ValueError, match="between 1"):
+        dif.ddim_steps(100, 0)
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        lambda f, s, g: dif.ddpm_sample(f, s, (4000, 2), generator=g),
+        lambda f, s, g: dif.ddim_sample(f, s, (4000, 2), steps=200, generator=g),
+        lambda f, s, g: dif.ddim_sample(f, s, (4000, 2), steps=200, eta=1.0, generator=g),
+        lambda f, s, g: dif.edm_heun_sample(f, s, (4000, 2), steps=48, generator=g),
+    ],
+    ids=["ddpm", "ddim", "ddim-eta1", "edm-heun"],
+)
+def test_samplers_reproduce_the_data_variance_with_the_exact_denoiser(sampler):
+    sched = dif.cosine_schedule(200)
+    x = sampler(exact_eps(sched), sched, torch.Generator().manual_seed(0))
+    assert abs(x.std().item() - S_DATA) < 0.03, x.std().item()
+    assert abs(x.mean().item()) < 0.03
+
+
+def test_ddim_is_deterministic_and_inversion_round_trips():
+    sched = dif.cosine_schedule(200)
+    f = exact_eps(sched)
+    x_T = torch.randn(64, 2)
+    a = dif.ddim_sample(f, sched, (64, 2), steps=200, x_T=x_T, generator=torch.Generator().manual_seed(1))
+    b = dif.ddim_sample(f, sched, (64, 2), steps=200, x_T=x_T, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    errors = {}
+    for n in (50, 200):  # both directions are first-order schemes: the round trip tightens as steps are added
+        a_n = dif.ddim_sample(f, sched, (64, 2), steps=n, x_T=x_T)
+        errors[n] = (dif.ddim_invert(f, sched, a_n, steps=n) - x_T).abs().max().item()
+    assert errors[200] < 0.05 and errors[200] < 0.5 * errors[50], errors
+
+
+def test_edm_heun_counts_network_evaluations():
+    sched = dif.cosine_schedule(100)
+    calls = []
+
+    def f(x, t, y):
+        calls.append(t)
+        return exact_eps(sched)(x, t.round().long())
+
+    dif.edm_heun_sample(f, sched, (8, 2), steps=6)
+    assert len(calls) == 2 * 6 - 1
+    sig = dif.edm_sigmas(sched, 6)
+    assert sig[-1] == 0 and (sig[1:] < sig[:-1]).all()
+    t_back = sched.t_of_sigma(sched.sigma(torch.tensor([3, 50, 97])))
+    torch.testing.assert_close(t_back, torch.tensor([3.0, 50.0, 97.0]), atol=1e-4, rtol=0)
+
+
+def _labelled_eps(x, t, y):
+    """A stub network whose output depends on the label: -1 (no label) gives 0."""
+    return x * 0 + torch.where(y < 0, torch.zeros_like(y), y + 1).float().view(-1, 1)
+
+
+def test_classifier_free_guidance():
+    x, t, y = torch.randn(4, 3), torch.zeros(4, dtype=torch.long), torch.tensor([0, 1, 2, 3])
+    torch.testing.assert_close(dif.classifier_free(_labelled_eps, 0.0)(x, t, y), _labelled_eps(x, t, y))
+    w = 2.5
+    expected = (1 + w) * _labelled_eps(x, t, y) - w * _labelled_eps(x, t, torch.full_like(y, -1))  # eq. 92
+    torch.testing.assert_close(dif.classifier_free(_labelled_eps, w)(x, t, y), expected)
+
+
+def test_classifier_guidance_moves_eps_along_the_class_gradient():
+    sched = dif.linear_schedule(100)
+    weights = torch.randn(3, 2)  # a linear "noise-aware" classifier: logits = W x
+
+    def classifier(x, t):
+        return x @ weights.T
+
+    f = exact_eps(sched)
+    x, t, y = torch.randn(5, 2), torch.full((5,), 50), torch.tensor([0, 1, 2, 0, 1])
+    torch.testing.assert_close(dif.classifier_guided(f, classifier, sched, 0.0)(x, t, y), f(x, t))
+    guided = dif.classifier_guided(f, classifier, sched, 2.0)(x, t, y)
+    probs = (x @ weights.T).softmax(-1)
+    grad = weights[y] - probs @ weights  # d log softmax_y / dx for linear logits
+    torch.testing.assert_close(guided, f(x, t) - 2.0 * math.sqrt(1 - sched.alpha_bar[50].item()) * grad, atol=1e-5, rtol=1e-5)
+
+
+def test_eps_loss_label_dropout_and_the_optimal_denoiser():
+    sched = dif.cosine_schedule(100)
+    seen = []
+
+    def spy(x, t, y):
+        seen.append(y.clone())
+        return torch.zeros_like(x)
+
+    x0, y = torch.randn(256, 2) * S_DATA, torch.randint(0, 10, (256,))
+    zero_loss = dif.eps_loss(spy, sched, x0, y, p_uncond=1.0)
+    assert (seen[-1] == -1).all()
+    dif.eps_loss(spy, sched, x0, y, p_uncond=0.0)
+    assert torch.equal(seen[-1], y)
+    assert abs(zero_loss.item() - 1.0) < 0.1  # predicting 0 costs E||eps||^2 / D = 1
+    exact = exact_eps(sched)
+    assert dif.eps_loss(lambda x, t, y: exact(x, t), sched, x0).item() < 0.8 * zero_loss.item()
