@@ -356,3 +356,42 @@ def test_masked_conv_ignores_masked_weights():
         conv.weight[:, :, 2, :] -= 100.0  # the row below
     torch.testing.assert_close(conv(x), before)
     assert "mask" not in conv.state_dict()  # rebuilt from the kernel size, not saved in checkpoints
+
+
+# ----------------------------------------------------------------------------- DiT
+
+
+def test_dit_shapes_zero_start_and_conditioning():
+    from genbook.nets import DiT, DiTConfig
+
+    torch.manual_seed(0)
+    net = DiT(DiTConfig(in_channels=1, size=8, patch=2, dim=32, depth=2, heads=4, num_classes=10))
+    x, t, y = torch.randn(3, 1, 8, 8), torch.tensor([0, 10, 999]), torch.tensor([1, -1, 9])
+    out = net(x, t, y)
+    assert out.shape == x.shape
+    assert out.abs().max() == 0  # adaLN-Zero and a zero output layer: the untrained model predicts 0
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    out = net(x, t, y)
+    assert not torch.allclose(out, net(x, t, torch.tensor([2, -1, 9])))  # the label matters
+    assert not torch.allclose(out, net(x, t + 100, y))  # so does the time
+    with pytest.raises(ValueError, match="multiple"):
+        DiT(DiTConfig(size=8, patch=3))
+
+
+def test_dit_patches_are_tokens():
+    """Changing one pixel changes the output in every patch (attention mixes tokens) and most in its own patch."""
+    from genbook.nets import DiT, DiTConfig
+
+    torch.manual_seed(0)
+    net = DiT(DiTConfig(size=8, patch=4, dim=16, depth=1, heads=2))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(1, 1, 8, 8)
+    x2 = x.clone()
+    x2[0, 0, 1, 1] += 1.0  # a pixel in the top-left patch
+    diff = (net(x2, torch.tensor([5])) - net(x, torch.tensor([5]))).abs()[0, 0]
+    per_patch = diff.view(2, 4, 2, 4).sum((1, 3))  # (2, 2) patches
+    assert (per_patch > 0).all() and per_patch.argmax() == 0

@@ -3,6 +3,7 @@
 from genbook.nets.blocks import MinibatchStd, ResBlock, SelfAttention2d
 from genbook.nets.conv import ConvDecoder, ConvEncoder
 from genbook.nets.dcgan import DCGANDiscriminator, DCGANGenerator
+from genbook.nets.dit import DiT, DiTConfig
 from genbook.nets.embeddings import LabelEmbedding, SinusoidalEmbedding
 from genbook.nets.masked import MaskedConv2d, causal_mask
 from genbook.nets.mlp import MLP
@@ -15,6 +16,8 @@ __all__ = [
     "ConvEncoder",
     "DCGANDiscriminator",
     "DCGANGenerator",
+    "DiT",
+    "DiTConfig",
     "LabelEmbedding",
     "MaskedConv2d",
     "MinibatchStd",

@@ -13,6 +13,15 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def attend(qkv: torch.Tensor, heads: int, causal: bool = False, dropout: float = 0.0) -> torch.Tensor:
+    """Multi-head scaled dot-product attention from fused projections: (B, T, 3C) -> (B, T, C), before the output projection."""
+    b, t, c3 = qkv.shape
+    c = c3 // 3
+    q, k, v = qkv.reshape(b, t, 3, heads, c // heads).permute(2, 0, 3, 1, 4)  # each (B, nh, T, hd)
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout)  # (B, nh, T, hd)
+    return y.transpose(1, 2).reshape(b, t, c)  # (B, T, C)
+
+
 class TransformerBlock(nn.Module):
     """x + attn(LN(x)), then x + MLP(LN(x)). Shapes: (B, T, C) -> (B, T, C)."""
 
@@ -27,12 +36,8 @@ class TransformerBlock(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        b, t, c = x.shape
-        qkv = self.qkv(self.ln1(x)).reshape(b, t, 3, self.heads, c // self.heads)  # (B, T, 3, nh, hd)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, nh, T, hd)
         drop = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=drop)  # (B, nh, T, hd)
-        x = x + self.proj(y.transpose(1, 2).reshape(b, t, c))  # (B, T, C)
+        x = x + self.proj(attend(self.qkv(self.ln1(x)), self.heads, causal, drop))  # (B, T, C)
         return x + self.mlp(self.ln2(x))
 
 
