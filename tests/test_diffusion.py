@@ -180,3 +180,20 @@ def test_eps_loss_label_dropout_and_the_optimal_denoiser():
     assert abs(zero_loss.item() - 1.0) < 0.1  # predicting 0 costs E||eps||^2 / D = 1
     exact = exact_eps(sched)
     assert dif.eps_loss(lambda x, t, y: exact(x, t), sched, x0).item() < 0.8 * zero_loss.item()
+
+
+def test_clipping_x0_keeps_eps_consistent_and_is_inactive_when_loose():
+    sched = dif.cosine_schedule(100)
+    f = exact_eps(sched)
+    g = torch.Generator().manual_seed(0)
+    plain = dif.ddim_sample(f, sched, (500, 2), steps=20, generator=torch.Generator().manual_seed(0))
+    loose = dif.ddim_sample(f, sched, (500, 2), steps=20, generator=torch.Generator().manual_seed(0), clip_x0=1e6)
+    torch.testing.assert_close(plain, loose)
+    x, t = torch.randn(6, 2) * 3, torch.full((6,), 60)
+    from genbook.diffusion.samplers import _x0_and_eps
+
+    x0, eps = _x0_and_eps(sched, x, t, torch.randn(6, 2, generator=g), 0.5)
+    assert x0.abs().max() <= 0.5
+    torch.testing.assert_close(sched.predict_x0(x, t, eps), x0, atol=1e-4, rtol=1e-4)
+    tight = dif.ddpm_sample(f, sched, (500, 2), generator=torch.Generator().manual_seed(0), clip_x0=0.3)
+    assert tight.abs().max() <= 0.3 + 1e-6  # the last step returns the clipped x0_hat's posterior mean, inside the range

@@ -45,21 +45,40 @@ def eps_loss(eps_fn: EpsFn, sched: Schedule, x0: torch.Tensor, y: torch.Tensor |
     return F.mse_loss(eps_fn(sched.q_sample(x0, t, eps), t, y), eps)
 
 
+def _x0_and_eps(sched: Schedule, x: torch.Tensor, tt: torch.Tensor, eps: torch.Tensor, clip_x0: float | None):
+    """x0_hat from eq. 84, clipped to [-clip_x0, clip_x0] when given, and the eps consistent with the clipped x0_hat.
+
+    Early in sampling alpha_bar_t is tiny and eq. 84 divides the network's error by sqrt(alpha_bar_t); clipping
+    x0_hat to the data's range is the standard remedy (Ho et al. 2020's released code, Nichol & Dhariwal 2021)."""
+    x0_hat = sched.predict_x0(x, tt, eps)
+    if clip_x0 is None:
+        return x0_hat, eps
+    x0_hat = x0_hat.clamp(-clip_x0, clip_x0)
+    ab = _bcast(sched.alpha_bar, tt, x)
+    return x0_hat, (x - ab.sqrt() * x0_hat) / (1 - ab).sqrt()
+
+
 @torch.no_grad()
 def ddpm_sample(
-    eps_fn: EpsFn, sched: Schedule, shape, y: torch.Tensor | None = None, generator: torch.Generator | None = None, device="cpu"
+    eps_fn: EpsFn,
+    sched: Schedule,
+    shape,
+    y: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    device="cpu",
+    clip_x0: float | None = None,
 ) -> torch.Tensor:
-    """Ancestral sampling, survey Box 8: x_T ~ N(0, I); for t = T..1,
-    x_{t-1} = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps_theta(x_t, t)) / sqrt(alpha_t) + sigma_t z, sigma_t^2 = beta_t, z = 0 at the end.
-    T network evaluations."""
+    """Ancestral sampling, survey Box 8: x_T ~ N(0, I); for t = T..1, x_{t-1} ~ N(mu(x_t, x0_hat), beta_t I) with mu
+    the posterior mean of q(x_{t-1} | x_t, x0_hat). Unclipped, mu = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t),
+    the form of the box. No noise at the last step. T network evaluations. ``clip_x0`` clips x0_hat to the data's range.
+    """
     x = _randn(shape, generator, device)
     for t in reversed(range(sched.T)):
         tt = _steps_tensor(t, shape[0], device)
-        eps = eps_fn(x, tt, y)
-        beta, ab = _bcast(sched.betas, tt, x), _bcast(sched.alpha_bar, tt, x)
-        x = (x - beta / (1 - ab).sqrt() * eps) / (1 - beta).sqrt()
+        x0_hat, _ = _x0_and_eps(sched, x, tt, eps_fn(x, tt, y), clip_x0)
+        x, _ = sched.posterior(x0_hat, x, tt)
         if t > 0:
-            x = x + beta.sqrt() * _randn(shape, generator, device)
+            x = x + _bcast(sched.betas, tt, x).sqrt() * _randn(shape, generator, device)
     return x
 
 
@@ -81,17 +100,18 @@ def ddim_sample(
     generator: torch.Generator | None = None,
     x_T: torch.Tensor | None = None,  # noqa: N803
     device="cpu",
+    clip_x0: float | None = None,
 ) -> torch.Tensor:
     """DDIM (survey eq. 84-85) over a decreasing subset of steps: x0_hat from eq. 84, then
     x_prev = sqrt(alpha_bar_prev) x0_hat + sqrt(1 - alpha_bar_prev - sigma^2) eps_hat + sigma z,
     sigma = eta sqrt((1 - alpha_bar_prev) / (1 - alpha_bar_t)) sqrt(1 - alpha_bar_t / alpha_bar_prev).
-    One network evaluation per step; with eta = 0 the map from x_T to x_0 is deterministic."""
+    One network evaluation per step; with eta = 0 the map from x_T to x_0 is deterministic. ``clip_x0`` as in
+    :func:`ddpm_sample`."""
     taus = ddim_steps(sched.T, steps) if isinstance(steps, int) else list(steps)
     x = _randn(shape, generator, device) if x_T is None else x_T.clone()
     for i, t in enumerate(taus):
         tt = _steps_tensor(t, shape[0], device)
-        eps = eps_fn(x, tt, y)
-        x0_hat = sched.predict_x0(x, tt, eps)
+        x0_hat, eps = _x0_and_eps(sched, x, tt, eps_fn(x, tt, y), clip_x0)
         ab = _bcast(sched.alpha_bar, tt, x)
         ab_prev = _bcast(sched.alpha_bar, _steps_tensor(taus[i + 1], shape[0], device), x) if i + 1 < len(taus) else torch.ones_like(ab)
         sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
