@@ -196,4 +196,4 @@ def test_clipping_x0_keeps_eps_consistent_and_is_inactive_when_loose():
     assert x0.abs().max() <= 0.5
     torch.testing.assert_close(sched.predict_x0(x, t, eps), x0, atol=1e-4, rtol=1e-4)
     tight = dif.ddpm_sample(f, sched, (500, 2), generator=torch.Generator().manual_seed(0), clip_x0=0.3)
-    assert tight.abs().max() <= 0.3 + 1e-6  # the last step returns the clipped x0_hat's posterior mean, inside the range
+    assert tight.abs().max() <= 0.3 + 1e-4  # the last step returns the clipped x0_hat's posterior mean, inside the range
