@@ -197,3 +197,57 @@ def test_clipping_x0_keeps_eps_consistent_and_is_inactive_when_loose():
     torch.testing.assert_close(sched.predict_x0(x, t, eps), x0, atol=1e-4, rtol=1e-4)
     tight = dif.ddpm_sample(f, sched, (500, 2), generator=torch.Generator().manual_seed(0), clip_x0=0.3)
     assert tight.abs().max() <= 0.3 + 1e-4  # the last step returns the clipped x0_hat's posterior mean, inside the range
+
+
+# ----------------------------------------------------------------------------- the bound
+
+
+def test_discretized_gaussian_is_a_distribution_over_the_levels():
+    levels = 17
+    grid = torch.linspace(-1, 1, levels).view(-1, 1)  # (17, 1): every level
+    for mean, std in ((0.3, 0.2), (-0.9, 0.05), (2.0, 1.0)):
+        logp = dif.discretized_gaussian_log_likelihood(grid, torch.full_like(grid, mean), torch.full_like(grid, std), levels)
+        assert abs(logp.exp().sum().item() - 1) < 1e-5
+
+
+def test_gaussian_kl_matches_torch():
+    m1, v1, m2, v2 = torch.randn(5), torch.rand(5) + 0.1, torch.randn(5), torch.rand(5) + 0.1
+    expected = torch.distributions.kl_divergence(torch.distributions.Normal(m1, v1.sqrt()), torch.distributions.Normal(m2, v2.sqrt()))
+    torch.testing.assert_close(dif.gaussian_kl(m1, v1, m2, v2), expected)
+
+
+def test_vlb_with_the_exact_denoiser_of_discrete_data_approaches_the_entropy():
+    """For data on the 17-level grid (independent pixels, N(0, S^2) rounded), E[x0 | x_t] is a softmax over the levels,
+    so the exact eps is known. E[bound] >= H(data) for any model, and with the exact eps the bound tightens toward H
+    as the number of steps grows."""
+    levels, dims = 17, 2
+    grid = torch.linspace(-1, 1, levels)
+    edges = torch.cat([torch.tensor([-math.inf]), (grid[1:] + grid[:-1]) / 2, torch.tensor([math.inf])])
+    cdf = torch.distributions.Normal(0.0, S_DATA).cdf(edges)
+    probs = cdf[1:] - cdf[:-1]
+    entropy = -(probs * probs.log()).sum().item() * dims
+    idx = torch.multinomial(probs, 2000 * dims, replacement=True, generator=torch.Generator().manual_seed(0))
+    x0 = grid[idx].view(2000, dims)
+
+    def discrete_eps(sched):
+        def eps_fn(x, t, y=None):
+            ab = sched.alpha_bar[t].view(-1, 1, 1)  # float64
+            logits = probs.log().double() - (x.double()[..., None] - ab.sqrt() * grid.double()) ** 2 / (2 * (1 - ab))  # (B, D, K)
+            x0_mean = (logits.softmax(-1) * grid.double()).sum(-1)
+            return ((x.double() - ab[..., 0].sqrt() * x0_mean) / (1 - ab[..., 0]).sqrt()).float()
+
+        return eps_fn
+
+    totals = {}
+    for T in (50, 400):
+        sched = dif.cosine_schedule(T)
+        terms = dif.vlb(discrete_eps(sched), sched, x0, levels, generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(terms["total"], terms["prior"] + terms["diffusion"] + terms["decoder"])
+        assert (terms["prior"] >= 0).all() and (terms["diffusion"] >= 0).all() and (terms["decoder"] >= 0).all()
+        totals[T] = terms["total"].mean().item()
+    assert entropy < totals[400] < totals[50], (entropy, totals)
+    assert totals[400] < entropy + 0.35 * dims, (entropy, totals)
+    beta_var = dif.vlb(discrete_eps(sched), sched, x0[:200], levels, variance="beta")["total"]
+    assert (beta_var > 0).all()  # the other fixed variance is a valid, looser bound here
+    with pytest.raises(ValueError, match="variance"):
+        dif.vlb(discrete_eps(sched), sched, x0[:2], levels, variance="learned")

@@ -1,6 +1,7 @@
 """Diffusion models (chapter 6): schedules and the forward process, the epsilon loss, DDPM, DDIM and its
-inversion, classifier and classifier-free guidance, EDM's Heun sampler."""
+inversion, classifier and classifier-free guidance, EDM's Heun sampler, the variational bound on discrete images."""
 
+from genbook.diffusion.likelihood import discretized_gaussian_log_likelihood, gaussian_kl, vlb
 from genbook.diffusion.samplers import (
     classifier_free,
     classifier_guided,
@@ -24,8 +25,11 @@ __all__ = [
     "ddim_sample",
     "ddim_steps",
     "ddpm_sample",
+    "discretized_gaussian_log_likelihood",
     "edm_heun_sample",
     "edm_sigmas",
     "eps_loss",
+    "gaussian_kl",
     "linear_schedule",
+    "vlb",
 ]

@@ -1,0 +1,80 @@
+"""The variational bound of DDPM on discrete images, in nats per image (Ho et al. 2020, section 3.3 and eq. 5).
+
+| name in code | symbol |
+| ------------ | ------ |
+| ``x0``       | the image on the model's scale: integer levels 0..K-1 mapped to [-1, 1] |
+| ``L_T``      | KL(q(x_T | x_0) || N(0, I)): the prior term |
+| ``L_t``      | KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t)), t = 2..T, p's variance fixed (beta_tilde_t or beta_t) |
+| ``L_0``      | -log p_theta(x_0 | x_1): a Gaussian integrated over each pixel's bin (the discrete decoder) |
+
+-log p(x_0) <= L_T + sum_t L_t + L_0 (survey eq. 80-81). Every term is computed exactly for every t (no sampling
+of t), with one draw of x_t per step. Chapter 6, "A likelihood bound".
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from genbook.diffusion.samplers import EpsFn, _steps_tensor
+from genbook.diffusion.schedule import Schedule, _bcast
+
+
+def gaussian_kl(mean1, var1, mean2, var2) -> torch.Tensor:
+    """KL(N(mean1, var1) || N(mean2, var2)) per dimension."""
+    return 0.5 * (torch.log(var2 / var1) + (var1 + (mean1 - mean2) ** 2) / var2 - 1)
+
+
+def _std_normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1 + torch.erf(x / math.sqrt(2)))
+
+
+def discretized_gaussian_log_likelihood(x0: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, levels: int) -> torch.Tensor:
+    """log P(x0) per dimension when x0 is one of ``levels`` evenly spaced values in [-1, 1] and P integrates
+    N(mean, std^2) over its bin (half a level spacing each side; the outer bins extend to +-infinity)."""
+    half = 1.0 / (levels - 1)  # half the spacing 2 / (K - 1)
+    upper = torch.where(x0 > 1 - half / 2, torch.full_like(x0, math.inf), (x0 + half - mean) / std)
+    lower = torch.where(x0 < -1 + half / 2, torch.full_like(x0, -math.inf), (x0 - half - mean) / std)
+    prob = _std_normal_cdf(upper) - _std_normal_cdf(lower)
+    return torch.log(prob.clamp_min(1e-12))
+
+
+@torch.no_grad()
+def vlb(
+    eps_fn: EpsFn,
+    sched: Schedule,
+    x0: torch.Tensor,
+    levels: int,
+    y: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    variance: str = "posterior",
+) -> dict[str, torch.Tensor]:
+    """The terms of DDPM's bound on -log p(x_0) in nats per image: {"prior", "diffusion", "decoder", "total"}, each (B,).
+
+    p_theta(x_{t-1} | x_t) = N(mu_theta, sigma_t^2 I) with mu_theta from eps_theta (Box 8) and sigma_t^2 the posterior
+    variance beta_tilde_t (``variance="posterior"``, the choice under which the bound of an exact denoiser tightens as
+    T grows, Kingma et al. 2021) or beta_t (``"beta"``, the sampler's). T network evaluations.
+    """
+    if variance not in ("posterior", "beta"):
+        raise ValueError(f"variance must be 'posterior' or 'beta', got {variance!r}")
+    b = x0.shape[0]
+    ab_last = _bcast(sched.alpha_bar, _steps_tensor(sched.T - 1, b, x0.device), x0)
+    prior = gaussian_kl(ab_last.sqrt() * x0, 1 - ab_last, torch.zeros_like(x0), torch.ones_like(x0)).flatten(1).sum(1)
+    diffusion = x0.new_zeros(b)
+    decoder = x0.new_zeros(b)
+    for t in range(sched.T):
+        tt = _steps_tensor(t, b, x0.device)
+        eps = torch.randn(x0.shape, generator=generator).to(x0.device)
+        xt = sched.q_sample(x0, tt, eps)
+        eps_hat = eps_fn(xt, tt, y)
+        beta, ab = _bcast(sched.betas, tt, x0), _bcast(sched.alpha_bar, tt, x0)
+        mu = (xt - beta / (1 - ab).sqrt() * eps_hat) / (1 - beta).sqrt()  # Box 8's mean
+        if t == 0:
+            decoder = -discretized_gaussian_log_likelihood(x0, mu, beta.sqrt(), levels).flatten(1).sum(1)
+        else:
+            mean_q, var_q = sched.posterior(x0, xt, tt)
+            var_p = var_q if variance == "posterior" else beta
+            diffusion = diffusion + gaussian_kl(mean_q, var_q, mu, var_p).flatten(1).sum(1)
+    total = prior + diffusion + decoder
+    return {"prior": prior, "diffusion": diffusion, "decoder": decoder, "total": total}
