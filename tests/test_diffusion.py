@@ -251,3 +251,44 @@ def test_vlb_with_the_exact_denoiser_of_discrete_data_approaches_the_entropy():
     assert (beta_var > 0).all()  # the other fixed variance is a valid, looser bound here
     with pytest.raises(ValueError, match="variance"):
         dif.vlb(discrete_eps(sched), sched, x0[:2], levels, variance="learned")
+
+
+# ----------------------------------------------------------------------------- progressive distillation
+
+
+def test_halve_and_the_distillation_target_lands_on_the_teachers_two_steps():
+    assert dif.halve([9, 7, 5, 3]) == [9, 5]
+    with pytest.raises(ValueError, match="even"):
+        dif.halve([9, 5, 1])
+    sched = dif.cosine_schedule(100)
+    f = exact_eps(sched)
+    z = torch.randn(16, 2)
+    for t, t_mid, t_next in ((80, 60, 40), (20, 10, -1)):
+        x0_tilde = dif.distillation_target(f, sched, z, t, t_mid, t_next)
+        two_steps = dif.ddim_step(f, sched, dif.ddim_step(f, sched, z, t, t_mid), t_mid, t_next)
+        ab = sched.alpha_bar[t].item()
+        ab_next = 1.0 if t_next < 0 else sched.alpha_bar[t_next].item()
+        eps_implied = (z - math.sqrt(ab) * x0_tilde) / math.sqrt(1 - ab)
+        one_step = math.sqrt(ab_next) * x0_tilde + math.sqrt(1 - ab_next) * eps_implied  # DDIM with x0_hat = x0_tilde
+        torch.testing.assert_close(one_step, two_steps, atol=1e-4, rtol=1e-4)
+
+
+def test_distillation_loss_trains_the_student_only():
+    from genbook.nets import MLP
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mlp = MLP(3, 2, (16,))
+
+        def forward(self, x, t, y=None):
+            return self.mlp(torch.cat([x, t.float()[:, None] / 100], 1))
+
+    sched = dif.cosine_schedule(100)
+    teacher = Net().requires_grad_(False)
+    student = dif.new_student(teacher)
+    assert all(p.requires_grad for p in student.parameters()) and not any(p.requires_grad for p in teacher.parameters())
+    loss = dif.distillation_loss(student, teacher, sched, torch.randn(32, 2) * S_DATA, dif.ddim_steps(100, 8))
+    assert loss.shape == () and loss >= 0
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())

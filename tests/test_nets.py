@@ -395,3 +395,28 @@ def test_dit_patches_are_tokens():
     diff = (net(x2, torch.tensor([5])) - net(x, torch.tensor([5]))).abs()[0, 0]
     per_patch = diff.view(2, 4, 2, 4).sum((1, 3))  # (2, 2) patches
     assert (per_patch > 0).all() and per_patch.argmax() == 0
+
+
+def test_noisy_classifier_and_mlp_denoiser_shapes_and_conditioning():
+    from genbook.nets import MLPDenoiser, NoisyClassifier
+
+    torch.manual_seed(0)
+    clf = NoisyClassifier(1, 10, width=8)
+    x, t = torch.randn(4, 1, 8, 8), torch.tensor([0, 5, 50, 99])
+    logits = clf(x, t)
+    assert logits.shape == (4, 10)
+    assert not torch.allclose(logits, clf(x, t + 30))  # the noise level is an input
+    den = MLPDenoiser(8, (32,), num_classes=10)
+    z, y = torch.randn(4, 8), torch.tensor([1, 2, -1, 3])
+    out = den(z, t, y)
+    assert out.shape == (4, 8)
+    assert not torch.allclose(out, den(z, t, torch.tensor([2, 2, -1, 3])))
+    assert torch.allclose(den(z, t, None), MLPDenoiser.forward(den, z, t, None))
+
+
+def test_resblock_embedding_survives_per_channel_normalization():
+    """With 8 channels group_norm has one channel per group; the embedding must still change the output."""
+    torch.manual_seed(0)
+    block = ResBlock(8, 8, emb_dim=4)
+    x = torch.randn(2, 8, 4, 4)
+    assert not torch.allclose(block(x, torch.zeros(2, 4)), block(x, torch.ones(2, 4)))

@@ -1,12 +1,15 @@
-"""Diffusion models (chapter 6): schedules and the forward process, the epsilon loss, DDPM, DDIM and its
-inversion, classifier and classifier-free guidance, EDM's Heun sampler, the variational bound on discrete images."""
+"""Diffusion models (chapter 6): schedules and the forward process, the epsilon loss, DDPM, DDIM and its inversion,
+classifier and classifier-free guidance, EDM's Heun sampler, the variational bound on discrete images, progressive
+distillation."""
 
+from genbook.diffusion.distill import distillation_loss, distillation_target, halve, new_student
 from genbook.diffusion.likelihood import discretized_gaussian_log_likelihood, gaussian_kl, vlb
 from genbook.diffusion.samplers import (
     classifier_free,
     classifier_guided,
     ddim_invert,
     ddim_sample,
+    ddim_step,
     ddim_steps,
     ddpm_sample,
     edm_heun_sample,
@@ -23,13 +26,18 @@ __all__ = [
     "cosine_schedule",
     "ddim_invert",
     "ddim_sample",
+    "ddim_step",
     "ddim_steps",
     "ddpm_sample",
     "discretized_gaussian_log_likelihood",
+    "distillation_loss",
+    "distillation_target",
     "edm_heun_sample",
     "edm_sigmas",
     "eps_loss",
     "gaussian_kl",
+    "halve",
     "linear_schedule",
+    "new_student",
     "vlb",
 ]

@@ -89,6 +89,37 @@ def ddim_steps(T: int, n: int) -> list[int]:  # noqa: N803
     return sorted({round(i * (T - 1) / max(n - 1, 1)) for i in range(n)}, reverse=True) if n > 1 else [T - 1]
 
 
+def _alpha_bar_at(sched: Schedule, t: int, x: torch.Tensor) -> torch.Tensor:
+    """alpha_bar_t broadcast over x, with t = -1 meaning clean data (alpha_bar = 1)."""
+    if t < 0:
+        return torch.ones(x.shape[0], *([1] * (x.dim() - 1)), device=x.device)
+    return _bcast(sched.alpha_bar, _steps_tensor(t, x.shape[0], x.device), x)
+
+
+def ddim_step(
+    eps_fn: EpsFn,
+    sched: Schedule,
+    x: torch.Tensor,
+    t: int,
+    t_prev: int,
+    y: torch.Tensor | None = None,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    clip_x0: float | None = None,
+) -> torch.Tensor:
+    """One DDIM update from step t to step t_prev < t (t_prev = -1: to clean data), survey eq. 84-85:
+    x_prev = sqrt(alpha_bar_prev) x0_hat + sqrt(1 - alpha_bar_prev - sigma^2) eps_hat + sigma z,
+    sigma = eta sqrt((1 - alpha_bar_prev) / (1 - alpha_bar_t)) sqrt(1 - alpha_bar_t / alpha_bar_prev)."""
+    tt = _steps_tensor(t, x.shape[0], x.device)
+    x0_hat, eps = _x0_and_eps(sched, x, tt, eps_fn(x, tt, y), clip_x0)
+    ab, ab_prev = _alpha_bar_at(sched, t, x), _alpha_bar_at(sched, t_prev, x)
+    sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
+    x = ab_prev.sqrt() * x0_hat + (1 - ab_prev - sigma**2).clamp_min(0).sqrt() * eps
+    if eta > 0 and t_prev >= 0:
+        x = x + sigma * _randn(x.shape, generator, x.device)
+    return x
+
+
 @torch.no_grad()
 def ddim_sample(
     eps_fn: EpsFn,
@@ -102,22 +133,12 @@ def ddim_sample(
     device="cpu",
     clip_x0: float | None = None,
 ) -> torch.Tensor:
-    """DDIM (survey eq. 84-85) over a decreasing subset of steps: x0_hat from eq. 84, then
-    x_prev = sqrt(alpha_bar_prev) x0_hat + sqrt(1 - alpha_bar_prev - sigma^2) eps_hat + sigma z,
-    sigma = eta sqrt((1 - alpha_bar_prev) / (1 - alpha_bar_t)) sqrt(1 - alpha_bar_t / alpha_bar_prev).
-    One network evaluation per step; with eta = 0 the map from x_T to x_0 is deterministic. ``clip_x0`` as in
-    :func:`ddpm_sample`."""
+    """DDIM (survey eq. 84-85) over a decreasing subset of steps, one :func:`ddim_step` (one network evaluation)
+    per step; with eta = 0 the map from x_T to x_0 is deterministic. ``clip_x0`` as in :func:`ddpm_sample`."""
     taus = ddim_steps(sched.T, steps) if isinstance(steps, int) else list(steps)
     x = _randn(shape, generator, device) if x_T is None else x_T.clone()
     for i, t in enumerate(taus):
-        tt = _steps_tensor(t, shape[0], device)
-        x0_hat, eps = _x0_and_eps(sched, x, tt, eps_fn(x, tt, y), clip_x0)
-        ab = _bcast(sched.alpha_bar, tt, x)
-        ab_prev = _bcast(sched.alpha_bar, _steps_tensor(taus[i + 1], shape[0], device), x) if i + 1 < len(taus) else torch.ones_like(ab)
-        sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
-        x = ab_prev.sqrt() * x0_hat + (1 - ab_prev - sigma**2).clamp_min(0).sqrt() * eps
-        if eta > 0 and i + 1 < len(taus):
-            x = x + sigma * _randn(shape, generator, device)
+        x = ddim_step(eps_fn, sched, x, t, taus[i + 1] if i + 1 < len(taus) else -1, y, eta, generator, clip_x0)
     return x
 
 

@@ -3,6 +3,7 @@
 from genbook.nets.blocks import MinibatchStd, ResBlock, SelfAttention2d
 from genbook.nets.conv import ConvDecoder, ConvEncoder
 from genbook.nets.dcgan import DCGANDiscriminator, DCGANGenerator
+from genbook.nets.denoisers import MLPDenoiser, NoisyClassifier
 from genbook.nets.dit import DiT, DiTConfig
 from genbook.nets.embeddings import LabelEmbedding, SinusoidalEmbedding
 from genbook.nets.masked import MaskedConv2d, causal_mask
@@ -19,8 +20,10 @@ __all__ = [
     "DiT",
     "DiTConfig",
     "LabelEmbedding",
+    "MLPDenoiser",
     "MaskedConv2d",
     "MinibatchStd",
+    "NoisyClassifier",
     "ResBlock",
     "SelfAttention2d",
     "SinusoidalEmbedding",

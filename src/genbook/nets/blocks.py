@@ -14,27 +14,29 @@ def group_norm(channels: int) -> nn.GroupNorm:
 
 
 class ResBlock(nn.Module):
-    """norm-act-conv twice with a skip; an optional embedding (time, label) is added in between.
+    """norm-act-conv twice with a skip; an optional embedding (time, label) scales and shifts the second norm.
 
-    h = conv(act(norm(x))) + W e;  out = skip(x) + conv(dropout(act(norm(h)))).
-    Shapes: x (B, C_in, H, W), emb (B, emb_dim) -> (B, C_out, H, W).
+    h = conv(act(norm(x)));  out = skip(x) + conv(dropout(act(norm(h) (1 + s) + b))) with (s, b) = W e: adaptive
+    group normalization (Dhariwal & Nichol 2021). Adding e before the norm, as DDPM did, is erased when a group
+    holds a single channel, which small widths produce. Shapes: x (B, C_in, H, W), emb (B, emb_dim) -> (B, C_out, H, W).
     """
 
     def __init__(self, c_in: int, c_out: int, emb_dim: int | None = None, dropout: float = 0.0):
         super().__init__()
         self.norm1, self.conv1 = group_norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
         self.norm2, self.conv2 = group_norm(c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
-        self.emb = nn.Linear(emb_dim, c_out) if emb_dim else None
+        self.emb = nn.Linear(emb_dim, 2 * c_out) if emb_dim else None
         self.dropout = nn.Dropout(dropout)
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.norm2(self.conv1(F.silu(self.norm1(x))))
         if self.emb is not None:
             if emb is None:
                 raise ValueError("this ResBlock was built with an embedding; pass emb")
-            h = h + self.emb(emb)[:, :, None, None]  # (B, C_out, 1, 1) broadcast over pixels
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+            scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)  # (B, C_out, 1, 1) each
+            h = h * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
 
