@@ -292,3 +292,12 @@ def test_distillation_loss_trains_the_student_only():
     assert loss.shape == () and loss >= 0
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+
+
+def test_latent_normalizer_standardizes_and_round_trips():
+    z = torch.randn(500, 8) * torch.linspace(0.1, 5, 8) + 3
+    norm = dif.LatentNormalizer.fit(z)
+    zn = norm.normalize(z)
+    torch.testing.assert_close(zn.mean(0), torch.zeros(8), atol=1e-5, rtol=0)
+    torch.testing.assert_close(zn.std(0), torch.ones(8), atol=1e-4, rtol=0)
+    torch.testing.assert_close(norm.denormalize(zn), z, atol=1e-5, rtol=1e-5)
