@@ -82,3 +82,12 @@ def test_torch_installer_prefers_a_local_cpu_wheel(tmp_path, monkeypatch):
         (tmp_path / name).write_bytes(b"")
     monkeypatch.setattr(mod, "find_links_dirs", lambda: [str(tmp_path)])
     assert mod.local_cpu_wheel().endswith(f"torch-2.13.0+cpu-{tag}-{tag}-manylinux_2_28_x86_64.whl")
+
+
+@pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.name)
+def test_markdown_has_no_control_characters(nb_path):
+    """A "\\a" written in a non-raw Python string becomes BEL and the page shows "lpha" instead of alpha."""
+    for i, cell in enumerate(cells(nb_path)):
+        text = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        bad = sorted({hex(ord(ch)) for ch in text if ord(ch) < 32 and ch not in "\n\r"})  # a tab is a "\t" gone wrong too
+        assert not bad, f"{nb_path.name} cell {i} contains control characters {bad}"

@@ -91,6 +91,8 @@ class PixelCNN(nn.Module):
         self.out = nn.Sequential(nn.ReLU(), nn.Conv2d(c, c, 1), nn.ReLU(), nn.Conv2d(c, cfg.levels, 1))
 
     def forward(self, x_unit: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if y is not None:
+            raise ValueError("the plain PixelCNN is unconditional; use GatedPixelCNN with num_classes for labels")
         h = self.first(x_unit * 2 - 1)
         for block in self.blocks:
             h = h + self.drop(block(F.relu(h)))  # 1x1 convolutions and the residual keep the causal structure
@@ -239,8 +241,13 @@ def dependency_map(model: nn.Module, position: tuple[int, int], size: int = 8, p
     p = next(model.parameters())
     x = torch.rand(probes, 1, size, size, device=p.device, dtype=p.dtype, requires_grad=True)
     y = torch.arange(probes, device=p.device) % model.cfg.num_classes if getattr(model.cfg, "num_classes", None) else None
-    out = model(x, y)[:, :, 0, position[0], position[1]]
-    (grad,) = torch.autograd.grad(out.sum(), x)
+    was_training = model.training
+    model.eval()  # dropout could hide a dependency
+    try:
+        out = model(x, y)[:, :, 0, position[0], position[1]]  # (probes, K)
+        (grad,) = torch.autograd.grad(out.sum(), x)
+    finally:
+        model.train(was_training)
     return (grad.abs().sum((0, 1)) > 0).cpu()
 
 

@@ -93,7 +93,7 @@ class CNF(nn.Module):
 
     def _dynamics(self, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor | None, create_graph: bool):
         with torch.enable_grad():
-            x = x if x.requires_grad else x.requires_grad_(True)
+            x = x if x.requires_grad else x.detach().requires_grad_(True)  # never flag the caller's tensor
             v = self.velocity(x, t)
             div = divergence_exact(v, x, create_graph) if eps is None else divergence_hutchinson(v, x, eps, create_graph)
         return v, div

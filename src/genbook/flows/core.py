@@ -217,12 +217,12 @@ class Squeeze(FlowLayer):
         b, c, h, w = x.shape
         if h % 2 or w % 2:
             raise ValueError(f"Squeeze needs even height and width, got {h}x{w}")
-        x = x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)  # (B, C, 2, 2, H/2, W/2)
+        x = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)  # (B, C, 2, 2, H/2, W/2)
         return x.reshape(b, 4 * c, h // 2, w // 2), x.new_zeros(b)
 
     def inverse(self, z):
         b, c, h, w = z.shape
-        z = z.view(b, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)  # (B, C/4, H, 2, W, 2)
+        z = z.reshape(b, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)  # (B, C/4, H, 2, W, 2)
         return z.reshape(b, c // 4, 2 * h, 2 * w), z.new_zeros(b)
 
 

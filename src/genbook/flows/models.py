@@ -6,9 +6,9 @@
 | ``y``        | the dequantized image (x_int + u) / K in [0, 1)^D, u ~ U[0, 1)^D |
 | ``alpha``    | the logit transform's margin, z = logit(alpha + (1 - 2 alpha) y) |
 
-The digits flow is RealNVP's multi-scale layout at toy size: couplings with checkerboard masks at 8x8,
-a squeeze, couplings with channel masks at 4x4 (4 channels), a squeeze, the same at 2x2 (16 channels),
-each coupling preceded by Glow's ActNorm and invertible 1x1 convolution. Chapter 4, "A flow on digits".
+The digits flow is RealNVP's multi-scale layout at toy size: couplings with checkerboard masks at 8x8
+(each preceded by an ActNorm), a squeeze, couplings with channel masks at 4x4 (4 channels), a squeeze, the same
+at 2x2 (16 channels), each channel coupling preceded by Glow's ActNorm and invertible 1x1 convolution. Chapter 4, "A flow on digits".
 """
 
 from __future__ import annotations
@@ -144,9 +144,9 @@ def evaluate_nll(flow: Flow, x_int: torch.Tensor, draws: int = 8, seed: int = 0,
 
 @torch.no_grad()
 def sample_digits(flow: Flow, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Sample y ~ p(y) in [0, 1)^D and undo the dequantization: x_int = floor(K y), shape (n, 1, 8, 8) long."""
+    """Sample y ~ p(y) in [0, 1)^D and undo the dequantization: x_int = floor(K y), shape (n, *event_shape) long."""
     y = flow.sample(n, temperature, generator)
-    return (y * data.DIGIT_LEVELS).floor().clamp(0, data.DIGIT_LEVELS - 1).long().view(n, 1, 8, 8)
+    return (y * data.DIGIT_LEVELS).floor().clamp(0, data.DIGIT_LEVELS - 1).long().reshape(n, *flow.event_shape)  # (n, *event)
 
 
 def toy_flow(kind: str = "affine", layers: int = 4, hidden: int = 64, bins: int = 8, bound: float = 4.0) -> Flow:
