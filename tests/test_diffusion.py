@@ -301,3 +301,18 @@ def test_latent_normalizer_standardizes_and_round_trips():
     torch.testing.assert_close(zn.mean(0), torch.zeros(8), atol=1e-5, rtol=0)
     torch.testing.assert_close(zn.std(0), torch.ones(8), atol=1e-4, rtol=0)
     torch.testing.assert_close(norm.denormalize(zn), z, atol=1e-5, rtol=1e-5)
+
+
+def test_vlb_with_a_later_decoder_is_still_a_bound_and_validates_its_step():
+    levels = 17
+    sched = dif.cosine_schedule(50)
+    grid = torch.linspace(-1, 1, levels)
+    x0 = grid[torch.randint(0, levels, (200, 2), generator=torch.Generator().manual_seed(0))]  # uniform over the grid
+    entropy = 2 * math.log(levels)
+    f = exact_eps(sched)  # a model that ignores the grid: its bound must still be >= the entropy
+    for k, std in ((0, None), (5, None), (5, 0.05)):
+        terms = dif.vlb(f, sched, x0, levels, decoder_step=k, decoder_std=std, generator=torch.Generator().manual_seed(1))
+        assert terms["total"].mean().item() > entropy
+        assert (terms["decoder"] >= 0).all()
+    with pytest.raises(ValueError, match="decoder_step"):
+        dif.vlb(f, sched, x0, levels, decoder_step=50)

@@ -49,30 +49,45 @@ def vlb(
     y: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     variance: str = "posterior",
+    decoder_step: int = 0,
+    decoder_std: float | None = None,
 ) -> dict[str, torch.Tensor]:
     """The terms of DDPM's bound on -log p(x_0) in nats per image: {"prior", "diffusion", "decoder", "total"}, each (B,).
 
     p_theta(x_{t-1} | x_t) = N(mu_theta, sigma_t^2 I) with mu_theta from eps_theta (Box 8) and sigma_t^2 the posterior
     variance beta_tilde_t (``variance="posterior"``, the choice under which the bound of an exact denoiser tightens as
-    T grows, Kingma et al. 2021) or beta_t (``"beta"``, the sampler's). T network evaluations.
+    T grows, Kingma et al. 2021) or beta_t (``"beta"``, the sampler's).
+
+    With ``decoder_step = k > 0`` the chain stops at x_k and a discrete decoder reads the image off it directly:
+    p(x_0 | x_k) = N(x0_hat(x_k), s^2) integrated over each level's bin, x0_hat from eq. 84 clipped to [-1, 1] and
+    s = ``decoder_std`` (default sqrt((1 - alpha_bar_k) / alpha_bar_k)). That is a different, equally valid model
+    whose bound skips the smallest noise levels, where a network that does not know the pixels are discrete pays
+    most. With k = 0 and no ``decoder_std`` it is Ho et al.'s decoder. T - k network evaluations.
     """
     if variance not in ("posterior", "beta"):
         raise ValueError(f"variance must be 'posterior' or 'beta', got {variance!r}")
+    if not 0 <= decoder_step < sched.T:
+        raise ValueError(f"decoder_step must be in 0..{sched.T - 1}, got {decoder_step}")
     b = x0.shape[0]
     ab_last = _bcast(sched.alpha_bar, _steps_tensor(sched.T - 1, b, x0.device), x0)
     prior = gaussian_kl(ab_last.sqrt() * x0, 1 - ab_last, torch.zeros_like(x0), torch.ones_like(x0)).flatten(1).sum(1)
     diffusion = x0.new_zeros(b)
     decoder = x0.new_zeros(b)
-    for t in range(sched.T):
+    for t in range(decoder_step, sched.T):
         tt = _steps_tensor(t, b, x0.device)
         eps = torch.randn(x0.shape, generator=generator).to(x0.device)
         xt = sched.q_sample(x0, tt, eps)
         eps_hat = eps_fn(xt, tt, y)
         beta, ab = _bcast(sched.betas, tt, x0), _bcast(sched.alpha_bar, tt, x0)
-        mu = (xt - beta / (1 - ab).sqrt() * eps_hat) / (1 - beta).sqrt()  # Box 8's mean
-        if t == 0:
-            decoder = -discretized_gaussian_log_likelihood(x0, mu, beta.sqrt(), levels).flatten(1).sum(1)
+        if t == decoder_step:
+            if t == 0 and decoder_std is None:
+                mean, std = (xt - beta / (1 - ab).sqrt() * eps_hat) / (1 - beta).sqrt(), beta.sqrt()  # Box 8's last step
+            else:
+                mean = sched.predict_x0(xt, tt, eps_hat).clamp(-1, 1)
+                std = torch.full_like(ab, decoder_std) if decoder_std is not None else ((1 - ab) / ab).sqrt()
+            decoder = -discretized_gaussian_log_likelihood(x0, mean, std, levels).flatten(1).sum(1)
         else:
+            mu = (xt - beta / (1 - ab).sqrt() * eps_hat) / (1 - beta).sqrt()  # Box 8's mean
             mean_q, var_q = sched.posterior(x0, xt, tt)
             var_p = var_q if variance == "posterior" else beta
             diffusion = diffusion + gaussian_kl(mean_q, var_q, mu, var_p).flatten(1).sum(1)
