@@ -129,6 +129,13 @@ def test_masking_schedule_and_random_mask_counts():
 def test_maskgit_loss_scores_masked_tokens_only():
     model = ar.MaskGIT(ar.MaskGITConfig(vocab=5, grid=2, dim=8, depth=1, heads=2, dropout=0.0))
     grids = torch.randint(0, 5, (16, 2, 2))
+    torch.manual_seed(7)
+    masked = ar.random_mask(16, 4)  # the mask maskgit_loss will draw with the same seed
+    seq = grids.flatten(1)
+    logits = model(seq.masked_fill(masked, model.mask_id))
+    by_hand = torch.nn.functional.cross_entropy(logits[masked], seq[masked])
+    torch.manual_seed(7)
+    torch.testing.assert_close(ar.maskgit_loss(model, grids), by_hand)
     loss = ar.maskgit_loss(model, grids)
     assert loss.shape == () and loss > 0
     loss.backward()

@@ -65,6 +65,8 @@ def _gumbel_argmax(logits: torch.Tensor, generator: torch.Generator | None) -> t
 
 @dataclass
 class PixelCNNConfig:
+    """Sizes of :class:`PixelCNN` and :class:`GatedPixelCNN` (both read ``layers``, ``kernel``, ``first_kernel``)."""
+
     levels: int = DIGIT_LEVELS
     channels: int = 64
     layers: int = 6  # residual blocks (PixelCNN) or gated layers (gated PixelCNN) after the first layer
@@ -129,7 +131,8 @@ class GatedLayer(nn.Module):
     """One gated PixelCNN layer (survey eq. 68-70): y = tanh(W_f * x + V_f h) * sigmoid(W_g * x + V_g h) on both stacks.
 
     The vertical stack at row i only ever sees rows < i (the first layer excludes the centre row), so it can
-    feed the horizontal stack at the same position. van den Oord et al. 2016b (vandenoord2016conditional).
+    feed the horizontal stack at the same position. van den Oord et al. 2016b (vandenoord2016conditional);
+    chapter 5, "The blind spot". Shapes: v, h (B, C_in, S, S), y (B,) -> v, h (B, c, S, S).
     """
 
     def __init__(self, c_in: int, c: int, k: int, first: bool, num_classes: int | None, dropout: float):
@@ -204,7 +207,9 @@ def marginal_nll(model: nn.Module, x_int: torch.Tensor, class_prior: torch.Tenso
 
 
 def pixel_loss(model: nn.Module, batch) -> torch.Tensor:
-    """Training loss for :func:`genbook.train.fit`: mean NLL of a batch ``x_int`` or ``(x_int, y)``."""
+    """Training loss for :func:`genbook.train.fit`: mean NLL of a batch ``x_int`` (B, 1, S, S) or ``(x_int, y)``.
+
+    Chapter 5, "Class-conditional PixelCNN"."""
     x_int, y = batch if isinstance(batch, (tuple, list)) else (batch, None)
     return pixel_nll(model, x_int, y).mean()
 
@@ -267,6 +272,8 @@ def pixel_transformer(
 
 @dataclass
 class MaskGITConfig:
+    """Sizes of :class:`MaskGIT`: a vocabulary of ``vocab`` tokens on a ``grid`` x ``grid`` grid, plus [MASK]."""
+
     vocab: int = DIGIT_LEVELS
     grid: int = 8
     dim: int = 64
@@ -291,15 +298,17 @@ class MaskGIT(nn.Module):
         )
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.net(tokens)
+        return self.net(tokens)  # (B, T, vocab)
 
 
 def masking_schedule(r: torch.Tensor | float) -> torch.Tensor | float:
-    """MaskGIT's cosine schedule gamma(r) = cos(pi r / 2): the fraction of tokens still masked at progress r in [0, 1]."""
+    """MaskGIT's cosine schedule gamma(r) = cos(pi r / 2): the fraction of tokens still masked at progress r in [0, 1].
+
+    Chang et al. 2022, section 3.2; chapter 5, "MaskGIT". A float or a tensor of any shape."""
     return torch.cos(r * math.pi / 2) if isinstance(r, torch.Tensor) else math.cos(r * math.pi / 2)
 
 
-def random_mask(b: int, t: int, device=None) -> torch.Tensor:
+def random_mask(b: int, t: int, device: torch.device | str | None = None) -> torch.Tensor:
     """Training masks for MaskGIT: per row, r ~ U[0, 1) and exactly ceil(gamma(r) T) positions chosen at random.
 
     Chang et al. 2022, section 3.1. Returns (B, T) bool, True = replaced by [MASK].

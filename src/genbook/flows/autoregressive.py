@@ -24,7 +24,8 @@ from genbook.flows.core import FlowLayer, soft_clamp
 
 
 class MaskedLinear(nn.Linear):
-    """A linear layer whose weight is multiplied by a fixed 0/1 mask (out_features, in_features)."""
+    """A linear layer whose weight is multiplied by a fixed 0/1 mask of shape (out_features, in_features): MADE's
+    building block (chapter 4, "MAF and IAF"). Shapes: (B, in_features) -> (B, out_features)."""
 
     def __init__(self, in_features: int, out_features: int, mask: torch.Tensor):
         super().__init__(in_features, out_features)
@@ -79,7 +80,7 @@ class MaskedAutoregressive(FlowLayer):
         self.mode, self.scale_bound, self.passes = mode, scale_bound, 0
 
     def _params(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, raw = self.made(h).unbind(1)
+        mu, raw = self.made(h).unbind(1)  # (B, 2, D) -> two (B, D)
         return mu, soft_clamp(raw, self.scale_bound)
 
     def _one_pass_to_z(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,8 +107,8 @@ class MaskedAutoregressive(FlowLayer):
         self.passes = given.shape[1]
         return out, alpha.sum(1) if to_x else -alpha.sum(1)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._one_pass_to_z(x) if self.mode == "maf" else self._sequential(x, to_x=False)
 
-    def inverse(self, z):
+    def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._sequential(z, to_x=True) if self.mode == "maf" else self._one_pass_to_x(z)

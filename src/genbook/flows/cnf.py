@@ -40,7 +40,7 @@ def divergence_hutchinson(v: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, c
     return (g * eps).flatten(1).sum(1)
 
 
-def rademacher(shape: Sequence[int], generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+def rademacher(shape: Sequence[int], generator: torch.Generator | None = None, device: torch.device | str | None = None) -> torch.Tensor:
     """Entries +-1 with probability 1/2 each: E[eps eps^T] = I, the lowest-variance Hutchinson probe."""
     return (torch.randint(0, 2, tuple(shape), generator=generator).float() * 2 - 1).to(device)
 

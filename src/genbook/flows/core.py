@@ -23,7 +23,10 @@ from torch import nn
 
 
 def soft_clamp(s: torch.Tensor, bound: float) -> torch.Tensor:
-    """bound * tanh(s / bound): the identity near 0, never beyond +-bound, so exp(s) cannot overflow."""
+    """bound * tanh(s / bound): the identity near 0, never beyond +-bound, so exp(s) cannot overflow.
+
+    Used for the log-scales of affine couplings and MAF/IAF (chapter 4, "NICE and RealNVP"). Any shape -> same shape.
+    """
     return bound * torch.tanh(s / bound)
 
 
@@ -45,20 +48,23 @@ class FlowLayer(nn.Module):
 
 
 def checkerboard_mask(shape: tuple[int, ...], parity: int = 0) -> torch.Tensor:
-    """1 on the squares (i + j) % 2 == parity of the last two axes, as in RealNVP's spatial masks; ``shape`` = (C, H, W)."""
+    """1 on the squares (i + j) % 2 == parity of the last two axes, as in RealNVP's spatial masks (chapter 4).
+
+    ``shape`` = (C, H, W) -> a float mask of that shape."""
     h, w = shape[-2:]
     board = (torch.arange(h)[:, None] + torch.arange(w)[None, :]) % 2 == parity  # (H, W)
     return board.float().expand(*shape).clone()
 
 
 def half_mask(dim: int, parity: int = 0) -> torch.Tensor:
-    """1 on the first half of the D coordinates (parity 0) or the second half (parity 1)."""
+    """1 on the first half of the D coordinates (parity 0) or the second half (parity 1): shape (D,). Chapter 4."""
     mask = (torch.arange(dim) < dim // 2).float()
     return mask if parity == 0 else 1 - mask
 
 
 def alternating_mask(dim: int, parity: int = 0) -> torch.Tensor:
-    """1 on the even coordinates (parity 0) or the odd ones (parity 1): every layer sees a spread of positions."""
+    """1 on the even coordinates (parity 0) or the odd ones (parity 1), shape (D,): every layer sees a spread of
+    positions (the 2-D couplings of chapter 4)."""
     return (torch.arange(dim) % 2 == parity).float()
 
 
@@ -77,11 +83,11 @@ class AdditiveCoupling(FlowLayer):
         self.register_buffer("mask", mask)
         self.net = net
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = self.net(x * self.mask) * (1 - self.mask)
         return x + t, x.new_zeros(x.shape[0])
 
-    def inverse(self, z):
+    def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = self.net(z * self.mask) * (1 - self.mask)  # z_keep = x_keep, so the net sees the same input
         return z - t, z.new_zeros(z.shape[0])
 
@@ -105,11 +111,11 @@ class AffineCoupling(FlowLayer):
         s = soft_clamp(raw_s, self.scale_bound) * (1 - self.mask)  # x_keep stays: s = t = 0 there
         return s, t * (1 - self.mask)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s, t = self._st(x * self.mask)
         return x * s.exp() + t, _sum_except_batch(s)  # eq. 56
 
-    def inverse(self, z):
+    def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s, t = self._st(z * self.mask)
         return (z - t) * (-s).exp(), -_sum_except_batch(s)
 
@@ -144,13 +150,13 @@ class ActNorm(FlowLayer):
     def _pixels(self, x: torch.Tensor) -> int:
         return math.prod(x.shape[2:])
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.training and not self.initialized:
             self._initialize(x)
         z = (x - self._view(self.bias, x)) * self._view(-self.log_scale, x).exp()
         return z, -self.log_scale.sum().expand(x.shape[0]) * self._pixels(x)
 
-    def inverse(self, z):
+    def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = z * self._view(self.log_scale, z).exp() + self._view(self.bias, z)
         return x, self.log_scale.sum().expand(z.shape[0]) * self._pixels(z)
 
@@ -185,24 +191,26 @@ class InvConv1x1(FlowLayer):
     def _mix(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:
             return x @ w.T  # (B, C)
-        return torch.einsum("oc,bchw->bohw", w, x)
+        return torch.einsum("oc,bchw->bohw", w, x)  # (B, C, H, W): the same C x C map at every pixel
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pixels = math.prod(x.shape[2:])
         return self._mix(x, self.weight()), self.log_s.sum().expand(x.shape[0]) * pixels
 
-    def inverse(self, z):
+    def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pixels = math.prod(z.shape[2:])
         return self._mix(z, torch.linalg.inv(self.weight())), -self.log_s.sum().expand(z.shape[0]) * pixels
 
 
 class Reverse(FlowLayer):
-    """Reverse the order of the D coordinates (MAF's reordering between autoregressive layers); logdet 0."""
+    """Reverse the order of the D coordinates (MAF's reordering between autoregressive layers); logdet 0.
 
-    def forward(self, x):
+    Chapter 4, "MAF and IAF". Shapes: (B, D) -> (B, D)."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return x.flip(1), x.new_zeros(x.shape[0])
 
-    def inverse(self, z):
+    def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return z.flip(1), z.new_zeros(z.shape[0])
 
 
@@ -213,21 +221,22 @@ class Squeeze(FlowLayer):
     neighbouring pixels, so couplings at the coarser scale mix what checkerboards could not.
     """
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, c, h, w = x.shape
         if h % 2 or w % 2:
             raise ValueError(f"Squeeze needs even height and width, got {h}x{w}")
         x = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)  # (B, C, 2, 2, H/2, W/2)
         return x.reshape(b, 4 * c, h // 2, w // 2), x.new_zeros(b)
 
-    def inverse(self, z):
+    def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, c, h, w = z.shape
         z = z.reshape(b, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)  # (B, C/4, H, 2, W, 2)
         return z.reshape(b, c // 4, 2 * h, 2 * w), z.new_zeros(b)
 
 
 def channel_mask(channels: int, size: int, parity: int = 0) -> torch.Tensor:
-    """1 on the first half of the channels (parity 0) or the second half (parity 1), shape (C, size, size)."""
+    """1 on the first half of the channels (parity 0) or the second half (parity 1), shape (C, size, size): the masks
+    of the couplings after a squeeze (chapter 4, "A flow on digits")."""
     mask = (torch.arange(channels) < channels // 2).float().view(channels, 1, 1).expand(channels, size, size).clone()
     return mask if parity == 0 else 1 - mask
 
@@ -243,13 +252,13 @@ class LogitTransform(FlowLayer):
         super().__init__()
         self.alpha = alpha
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.alpha + (1 - 2 * self.alpha) * x
         z = s.log() - (-s).log1p()
         logdet = math.log(1 - 2 * self.alpha) - s.log() - (-s).log1p()  # d logit(s)/ds = 1 / (s (1 - s))
         return z, _sum_except_batch(logdet)
 
-    def inverse(self, z):
+    def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s = torch.sigmoid(z)
         x = (s - self.alpha) / (1 - 2 * self.alpha)
         logdet = F.logsigmoid(z) + F.logsigmoid(-z) - math.log(1 - 2 * self.alpha)

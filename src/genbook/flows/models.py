@@ -41,7 +41,9 @@ from genbook.nets import MLP, count_parameters
 
 
 def conv_net(c_in: int, c_out: int, width: int, depth: int = 3, zero_last: bool = True) -> nn.Sequential:
-    """3x3 convolutions c_in -> width ... -> c_out with SiLU between; ``zero_last`` makes the coupling start as the identity."""
+    """3x3 convolutions c_in -> width ... -> c_out with SiLU between; ``zero_last`` makes the coupling start as the identity.
+
+    The coupling networks of chapter 4's digits flow. Shapes: (B, c_in, H, W) -> (B, c_out, H, W)."""
     layers: list[nn.Module] = []
     c = c_in
     for _ in range(depth - 1):
@@ -107,7 +109,9 @@ def autoregressive_flow(dim: int = 64, layers: int = 4, hidden: int = 256, mode:
 
 
 def width_for_params(make: Callable[[int], nn.Module], target: int, lo: int = 1, hi: int = 1024) -> int:
-    """The width whose model's parameter count is closest to ``target`` (counts grow with width)."""
+    """The width whose model's parameter count is closest to ``target`` (counts grow with width), by bisection.
+
+    How chapter 4 compares NICE and RealNVP "at equal size"."""
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if count_parameters(make(mid)) <= target else (lo, mid)
@@ -116,13 +120,16 @@ def width_for_params(make: Callable[[int], nn.Module], target: int, lo: int = 1,
 
 @torch.no_grad()
 def initialize(flow: Flow, x_int: torch.Tensor, batch: int = 512) -> None:
-    """Run one batch through the flow in training mode, which sets every ActNorm's data-dependent init."""
+    """Run one batch of integer images (B, ...) through the flow in training mode, which sets every ActNorm's
+    data-dependent init (chapter 4, "Glow's three pieces")."""
     flow.train()
     flow.log_prob(data.dequantize(x_int[:batch].to(next(flow.parameters()).device)))
 
 
 def nll_loss(flow: Flow, x_int: torch.Tensor) -> torch.Tensor:
-    """Training loss: the dequantization bound in nats per image, -log p((x + u) / K) + D log K, batch mean."""
+    """Training loss: the dequantization bound in nats per image, -log p((x + u) / K) + D log K, batch mean.
+
+    For :func:`genbook.train.fit` on integer images (B, ...); chapter 4, "Dequantization and bits/dim"."""
     dims = x_int[0].numel()
     return dequantized_nll(flow.log_prob(data.dequantize(x_int)), dims).mean()
 

@@ -100,8 +100,8 @@ class SplineCoupling(FlowLayer):
         y = self.mask * x + (1 - self.mask) * y
         return y, (logd * (1 - self.mask)).sum(1)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._spline(x, inverse=False)
 
-    def inverse(self, z):
+    def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._spline(z, inverse=True)
