@@ -246,7 +246,7 @@ def test_vlb_with_the_exact_denoiser_of_discrete_data_approaches_the_entropy():
         assert (terms["prior"] >= 0).all() and (terms["diffusion"] >= 0).all() and (terms["decoder"] >= 0).all()
         totals[T] = terms["total"].mean().item()
     assert entropy < totals[400] < totals[50], (entropy, totals)
-    assert totals[400] < entropy + 0.35 * dims, (entropy, totals)
+    assert totals[400] - entropy < 0.5 * (totals[50] - entropy), (entropy, totals)  # the gap shrinks as the chain refines
     beta_var = dif.vlb(discrete_eps(sched), sched, x0[:200], levels, variance="beta")["total"]
     assert (beta_var > 0).all()  # the other fixed variance is a valid, looser bound here
     with pytest.raises(ValueError, match="variance"):

@@ -334,3 +334,15 @@ def test_mode_coverage_counts_modes_and_quality():
     assert quality == pytest.approx(0.5)
     modes, _ = metrics.mode_coverage(torch.cat([near, far]), centres, radius=0.5, min_share=0.2)
     assert modes == 1  # only centre 0 holds at least 20% of all samples
+
+
+def test_independent_pixel_nll_matches_a_loop_over_pixels():
+    train, test = data.digits("train").x_int, data.digits("test").x_int[:50]
+    nll = metrics.independent_pixel_nll(train, test)
+    by_hand = 0.0
+    for i in range(8):
+        for j in range(8):
+            counts = torch.bincount(train[:, 0, i, j], minlength=17).float() + 1
+            by_hand += -(counts / counts.sum()).log()[test[:, 0, i, j]].sum().item()
+    assert abs(nll.nats - by_hand / len(test)) < 1e-3 and nll.dims == 64 and not nll.bound
+    assert nll.nats < metrics.uniform_nll().nats

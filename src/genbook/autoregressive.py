@@ -54,10 +54,15 @@ __all__ = [
 ]
 
 
+def _gumbel(shape, generator: torch.Generator | None, device) -> torch.Tensor:
+    """G ~ Gumbel(0, 1) as -log(-log u) from CPU uniforms, so a seed gives the same draws on any device."""
+    u = torch.rand(tuple(shape), generator=generator).clamp_min(1e-20).to(device)
+    return -torch.log(-torch.log(u))
+
+
 def _gumbel_argmax(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """A draw from softmax(logits) along the last axis: argmax(logits + G), G ~ Gumbel(0, 1) from CPU uniforms."""
-    u = torch.rand(logits.shape, generator=generator).clamp_min(1e-20).to(logits.device)
-    return (logits - torch.log(-torch.log(u))).argmax(-1)
+    """A draw from softmax(logits) along the last axis: argmax(logits + G) (the Gumbel-max trick)."""
+    return (logits + _gumbel(logits.shape, generator, logits.device)).argmax(-1)
 
 
 # ----------------------------------------------------------------------------- PixelCNN
@@ -353,8 +358,7 @@ def maskgit_sample(
         logits = model(tokens) / temperature  # (n, T, V)
         sampled = _gumbel_argmax(logits, generator)  # (n, T)
         log_p = logits.log_softmax(-1).gather(-1, sampled[..., None]).squeeze(-1)
-        u = torch.rand(log_p.shape, generator=generator).clamp_min(1e-20).to(device)
-        confidence = log_p - choice_temperature * (1 - s / steps) * torch.log(-torch.log(u))
+        confidence = log_p + choice_temperature * (1 - s / steps) * _gumbel(log_p.shape, generator, device)
         confidence = confidence.masked_fill(~masked, float("inf"))  # tokens fixed earlier are never re-masked
         tokens = torch.where(masked, sampled, tokens)
         still = math.floor(masking_schedule(s / steps) * t)

@@ -68,6 +68,18 @@ def categorical_nll(logits: torch.Tensor, x_int: torch.Tensor) -> torch.Tensor:
     return nll.flatten(1).sum(1)
 
 
+def independent_pixel_nll(train_int: torch.Tensor, test_int: torch.Tensor, levels: int = data.DIGIT_LEVELS) -> NLL:
+    """Exact test NLL of the independent-pixel model: each pixel's own add-one-smoothed histogram on ``train_int``.
+
+    The baseline every likelihood model must beat (chapter 1 derives it; chapters 4 and 5 compare against it).
+    Shapes: integer images (N, *pixels) and (M, *pixels) -> NLL in nats per image.
+    """
+    counts = F.one_hot(train_int, levels).sum(0).float() + 1  # (*pixels, K)
+    log_probs = (counts / counts.sum(-1, keepdim=True)).log().movedim(-1, 0)  # (K, *pixels)
+    nll = categorical_nll(log_probs.expand(len(test_int), *log_probs.shape), test_int).mean().item()
+    return NLL(nll, test_int[0].numel())
+
+
 def dequantized_nll(log_p_y: torch.Tensor, dims: int, levels: int = data.DIGIT_LEVELS) -> torch.Tensor:
     """Upper bound on the discrete NLL from a density on y = (x_int + u) / K in [0, 1)^D.
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genbook.diffusion.samplers import EpsFn, _alpha_bar_at, _steps_tensor, ddim_step, ddim_steps
+from genbook.diffusion.samplers import EpsFn, _alpha_bar_at, _steps_tensor, ddim_step
 from genbook.diffusion.schedule import Schedule
 
 
@@ -63,4 +63,4 @@ def new_student(teacher: nn.Module) -> nn.Module:
     return copy.deepcopy(teacher).train().requires_grad_(True)
 
 
-__all__ = ["ddim_steps", "distillation_loss", "distillation_target", "halve", "new_student"]
+__all__ = ["distillation_loss", "distillation_target", "halve", "new_student"]

@@ -149,11 +149,11 @@ def ddim_invert(
     """Run deterministic DDIM backwards, x_0 -> x_T, reusing eps_theta at the next step's time: the latent that
     ``ddim_sample(..., eta=0, x_T=...)`` maps back to (approximately) x0. Used by DIRE in chapter 9."""
     taus = list(reversed(ddim_steps(sched.T, steps) if isinstance(steps, int) else list(steps)))  # increasing
-    x, n = x0.clone(), x0.shape[0]
-    ab_prev = torch.ones_like(_bcast(sched.alpha_bar, _steps_tensor(0, n, x0.device), x0))
+    x = x0.clone()
+    ab_prev = _alpha_bar_at(sched, -1, x0)  # clean data
     for t in taus:
-        tt = _steps_tensor(t, n, x0.device)
-        ab = _bcast(sched.alpha_bar, tt, x)
+        tt = _steps_tensor(t, x0.shape[0], x0.device)
+        ab = _alpha_bar_at(sched, t, x)
         eps = eps_fn(x, tt, y)
         x0_hat = (x - (1 - ab_prev).sqrt() * eps) / ab_prev.sqrt()
         x = ab.sqrt() * x0_hat + (1 - ab).sqrt() * eps

@@ -98,9 +98,11 @@ class CNF(nn.Module):
             div = divergence_exact(v, x, create_graph) if eps is None else divergence_hutchinson(v, x, eps, create_graph)
         return v, div
 
-    def _integrate(self, x: torch.Tensor, t0: float, t1: float, eps: torch.Tensor | None, with_div: bool):
-        """Fixed-step solve from t0 to t1; returns (x(t1), int_{t0}^{t1} div dt) (the integral is 0 without div)."""
-        h = (t1 - t0) / self.steps
+    def _integrate(self, x: torch.Tensor, t0: float, t1: float, eps: torch.Tensor | None, with_div: bool, steps: int | None = None):
+        """Fixed-step solve from t0 to t1 in ``steps`` steps (default: the model's); returns (x(t1), int_{t0}^{t1} div dt)
+        (the integral is 0 without div)."""
+        steps = steps or self.steps
+        h = (t1 - t0) / steps
         create_graph = torch.is_grad_enabled()
         acc = x.new_zeros(x.shape[0])
 
@@ -109,7 +111,7 @@ class CNF(nn.Module):
                 return self._dynamics(x_, torch.tensor(t_, device=x.device), eps, create_graph)
             return self.velocity(x_, torch.tensor(t_, device=x.device)), acc
 
-        for k in range(self.steps):
+        for k in range(steps):
             t = t0 + k * h
             if self.method == "euler":
                 v, d = f(x, t)
@@ -141,12 +143,8 @@ class CNF(nn.Module):
     def trajectory(self, z: torch.Tensor, steps: int | None = None) -> torch.Tensor:
         """The states x(0), x(1/n), ..., x(1) from base points z, with ``steps`` = n solver steps (default:
         the model's own). Shape (n + 1, B, *event)."""
-        n, own = steps or self.steps, self.steps
+        n = steps or self.steps
         states = [z]
-        self.steps = 1
-        try:
-            for k in range(n):
-                states.append(self._integrate(states[-1], k / n, (k + 1) / n, None, with_div=False)[0])
-        finally:
-            self.steps = own
+        for k in range(n):
+            states.append(self._integrate(states[-1], k / n, (k + 1) / n, None, with_div=False, steps=1)[0])
         return torch.stack(states)
