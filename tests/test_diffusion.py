@@ -316,3 +316,32 @@ def test_vlb_with_a_later_decoder_is_still_a_bound_and_validates_its_step():
         assert (terms["decoder"] >= 0).all()
     with pytest.raises(ValueError, match="decoder_step"):
         dif.vlb(f, sched, x0, levels, decoder_step=50)
+
+
+def test_clip_x0_keeps_every_sampler_in_the_data_range_and_is_inactive_when_not_needed():
+    sched = dif.cosine_schedule(50)
+
+    def wild(x, t, y):  # a bad denoiser whose x0 estimate is far outside [-1, 1]
+        return -5 * x
+
+    for sample in (
+        lambda f, **k: dif.ddim_sample(f, sched, (64, 2), steps=10, generator=torch.Generator().manual_seed(0), **k),
+        lambda f, **k: dif.edm_heun_sample(f, sched, (64, 2), steps=5, generator=torch.Generator().manual_seed(0), **k),
+    ):
+        assert sample(wild).abs().max() > 1.5
+        assert sample(wild, clip_x0=1.0).abs().max() <= 1.0 + 1e-6
+        f = exact_eps(sched)  # data std S_DATA: x0 estimates stay well inside a clip of 10
+        torch.testing.assert_close(sample(f, clip_x0=10.0), sample(f))
+
+
+def test_vlb_per_step_terms_add_up_to_the_total():
+    levels = 17
+    sched = dif.cosine_schedule(30)
+    grid = torch.linspace(-1, 1, levels)
+    x0 = grid[torch.randint(0, levels, (50, 2), generator=torch.Generator().manual_seed(0))]
+    for k in (0, 4):
+        terms = dif.vlb(exact_eps(sched), sched, x0, levels, decoder_step=k, generator=torch.Generator().manual_seed(1))
+        assert terms["per_step"].shape == (50, 30)
+        assert (terms["per_step"][:, :k] == 0).all()
+        torch.testing.assert_close(terms["per_step"].sum(1) + terms["prior"], terms["total"])
+        torch.testing.assert_close(terms["per_step"][:, k], terms["decoder"])

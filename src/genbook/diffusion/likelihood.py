@@ -52,7 +52,9 @@ def vlb(
     decoder_step: int = 0,
     decoder_std: float | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The terms of DDPM's bound on -log p(x_0) in nats per image: {"prior", "diffusion", "decoder", "total"}, each (B,).
+    """The terms of DDPM's bound on -log p(x_0) in nats per image: {"prior", "diffusion", "decoder", "total"}, each (B,),
+    and "per_step" (B, T): the KL term of each step t (column t; the decoder's column holds the decoder term, the
+    columns below it are 0), so where the bound is paid can be plotted.
 
     p_theta(x_{t-1} | x_t) = N(mu_theta, sigma_t^2 I) with mu_theta from eps_theta (Box 8) and sigma_t^2 the posterior
     variance beta_tilde_t (``variance="posterior"``, the choice under which the bound of an exact denoiser tightens as
@@ -73,6 +75,7 @@ def vlb(
     prior = gaussian_kl(ab_last.sqrt() * x0, 1 - ab_last, torch.zeros_like(x0), torch.ones_like(x0)).flatten(1).sum(1)
     diffusion = x0.new_zeros(b)
     decoder = x0.new_zeros(b)
+    per_step = x0.new_zeros(b, sched.T)
     for t in range(decoder_step, sched.T):
         tt = _steps_tensor(t, b, x0.device)
         eps = torch.randn(x0.shape, generator=generator).to(x0.device)
@@ -86,10 +89,12 @@ def vlb(
                 mean = sched.predict_x0(xt, tt, eps_hat).clamp(-1, 1)
                 std = torch.full_like(ab, decoder_std) if decoder_std is not None else ((1 - ab) / ab).sqrt()
             decoder = -discretized_gaussian_log_likelihood(x0, mean, std, levels).flatten(1).sum(1)
+            per_step[:, t] = decoder
         else:
             mu = (xt - beta / (1 - ab).sqrt() * eps_hat) / (1 - beta).sqrt()  # Box 8's mean
             mean_q, var_q = sched.posterior(x0, xt, tt)
             var_p = var_q if variance == "posterior" else beta
-            diffusion = diffusion + gaussian_kl(mean_q, var_q, mu, var_p).flatten(1).sum(1)
+            per_step[:, t] = gaussian_kl(mean_q, var_q, mu, var_p).flatten(1).sum(1)
+            diffusion = diffusion + per_step[:, t]
     total = prior + diffusion + decoder
-    return {"prior": prior, "diffusion": diffusion, "decoder": decoder, "total": total}
+    return {"prior": prior, "diffusion": diffusion, "decoder": decoder, "total": total, "per_step": per_step}

@@ -215,16 +215,19 @@ def edm_heun_sample(
     y: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     device="cpu",
+    clip_x0: float | None = None,
 ) -> torch.Tensor:
     """EDM's deterministic Heun sampler (Karras et al. 2022, algorithm 1) on the probability-flow ODE
     dx/dsigma = (x - D(x, sigma)) / sigma in the variable x = x_t / sqrt(alpha_bar_t) = x_0 + sigma eps, with the
     denoiser D(x, sigma) = x - sigma eps_theta(x / sqrt(1 + sigma^2), t(sigma)) built from the trained eps-network
-    (no retraining). 2 * steps - 1 network evaluations."""
+    (no retraining). 2 * steps - 1 network evaluations. D is an estimate of x_0, so ``clip_x0`` clips it to the data's
+    range, as in :func:`ddpm_sample`."""
     sig = edm_sigmas(sched, steps)
 
     def denoise(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         t = sched.t_of_sigma(s).to(device).expand(shape[0])
-        return x - float(s) * eps_fn(x / float((1 + s**2).sqrt()), t, y)
+        x0_hat = x - float(s) * eps_fn(x / float((1 + s**2).sqrt()), t, y)
+        return x0_hat if clip_x0 is None else x0_hat.clamp(-clip_x0, clip_x0)
 
     x = _randn(shape, generator, device) * float(sig[0])
     for i in range(steps):
