@@ -1,0 +1,26 @@
+"""Rectified flow and flow matching (chapter 7): Gaussian paths (straight/OT and diffusion), the velocity and eps
+regression losses, Euler, Heun and adaptive ODE samplers, straightness, reflow and minibatch-OT couplings, and the
+likelihood through the ODE."""
+
+from genbook.flow_matching.coupling import ot_couple, reflow_pairs
+from genbook.flow_matching.likelihood import ode_log_prob
+from genbook.flow_matching.paths import GaussianPath, OTPath, VPPath, eps_loss, fm_loss, sample_t, velocity_from_eps
+from genbook.flow_matching.solvers import adaptive, euler, heun, straightness, trajectory
+
+__all__ = [
+    "GaussianPath",
+    "OTPath",
+    "VPPath",
+    "adaptive",
+    "eps_loss",
+    "euler",
+    "fm_loss",
+    "heun",
+    "ode_log_prob",
+    "ot_couple",
+    "reflow_pairs",
+    "sample_t",
+    "straightness",
+    "trajectory",
+    "velocity_from_eps",
+]

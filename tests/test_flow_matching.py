@@ -1,0 +1,159 @@
+"""Flow matching (chapter 7): paths, losses, solvers, couplings and the ODE likelihood against closed forms."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from genbook import flow_matching as fm
+
+
+def vp_alpha(s: torch.Tensor, beta_min: float = 0.1, beta_max: float = 20.0) -> torch.Tensor:
+    """alpha_s = exp(-1/2 int_0^s beta(r) dr), the integral by the trapezoid rule (not the closed form)."""
+    out = []
+    for si in s.tolist():
+        r = torch.linspace(0, si, 20001, dtype=torch.float64)
+        out.append(math.exp(-0.5 * torch.trapezoid(beta_min + (beta_max - beta_min) * r, r).item()))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+T_GRID = torch.tensor([0.0, 0.1, 0.37, 0.5, 0.9, 0.99], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("sigma_min", [0.0, 1e-3, 0.1])
+def test_ot_path_matches_box_11(sigma_min):
+    path = fm.OTPath(sigma_min)
+    g = torch.Generator().manual_seed(0)
+    x0, x1 = torch.randn(6, 3, generator=g, dtype=torch.float64), torch.randn(6, 3, generator=g, dtype=torch.float64)
+    t = T_GRID
+    xt = (1 - (1 - sigma_min) * t)[:, None] * x0 + t[:, None] * x1  # Box 11
+    torch.testing.assert_close(path.sample_xt(x0, x1, t), xt)
+    torch.testing.assert_close(path.target(x0, x1, t), x1 - (1 - sigma_min) * x0)
+    if sigma_min == 0:  # rectified flow, eq. 103-104
+        torch.testing.assert_close(path.sample_xt(x0, x1, t), (1 - t)[:, None] * x0 + t[:, None] * x1)
+
+
+def test_vp_path_matches_its_definition_and_the_derivative_of_psi():
+    path = fm.VPPath()
+    g = torch.Generator().manual_seed(1)
+    x0, x1 = torch.randn(6, 4, generator=g, dtype=torch.float64), torch.randn(6, 4, generator=g, dtype=torch.float64)
+    t = T_GRID
+    alpha = vp_alpha(1 - t)
+    xt = alpha[:, None] * x1 + (1 - alpha**2).sqrt()[:, None] * x0
+    torch.testing.assert_close(path.sample_xt(x0, x1, t), xt, rtol=1e-6, atol=1e-8)
+    h = 1e-6  # the target is d/dt psi_t(x0; x1): central differences of the path itself
+    fd = (path.sample_xt(x0, x1, t + h) - path.sample_xt(x0, x1, t - h)) / (2 * h)
+    torch.testing.assert_close(path.target(x0, x1, t), fd, rtol=1e-5, atol=1e-6)
+    # Lipman et al.'s eq. 15, the conditional field at x = psi_t(x0): sigma'/sigma (x - mu) + mu'
+    mu = path.a(t)[:, None] * x1
+    u = path.dsigma(t)[:, None] / path.sigma(t)[:, None] * (xt - mu) + path.da(t)[:, None] * x1
+    torch.testing.assert_close(path.target(x0, x1, t), u)
+    assert path.t_max < 1 and float(path.sigma(torch.tensor(0.0))) > 0.99
+
+
+def test_ot_path_rejects_a_bad_sigma_min():
+    with pytest.raises(ValueError, match="sigma_min"):
+        fm.OTPath(1.0)
+
+
+def test_fm_loss_is_rectified_flows_loss_for_the_straight_path():
+    path = fm.OTPath(0.0)
+    x1, x0 = torch.randn(64, 2), torch.randn(64, 2)
+
+    def v(x, t):
+        return 0.5 * x + t[:, None]
+
+    torch.manual_seed(3)
+    loss = fm.fm_loss(v, path, x1, x0)
+    torch.manual_seed(3)
+    t = torch.rand(64)
+    expected = (((x1 - x0) - v((1 - t)[:, None] * x0 + t[:, None] * x1, t)) ** 2).mean()  # eq. 104
+    torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.parametrize("path", [fm.VPPath(), fm.OTPath(0.1)], ids=["vp", "ot"])
+def test_velocity_from_the_exact_eps_is_the_conditional_field(path):
+    c = torch.tensor([[0.3, -0.7]], dtype=torch.float64)  # data: a single point, so eps and u are known exactly
+
+    def eps(x, t):
+        return (x - path.a(t)[:, None] * c) / path.sigma(t)[:, None]
+
+    x = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([0.05, 0.3, 0.5, 0.8, 0.95], dtype=torch.float64)
+    u = path.dsigma(t)[:, None] / path.sigma(t)[:, None] * (x - path.a(t)[:, None] * c) + path.da(t)[:, None] * c
+    torch.testing.assert_close(fm.velocity_from_eps(eps, path)(x, t), u)
+
+
+def linear_ode():
+    a = torch.tensor([[-0.5, 1.0], [-1.0, -0.2]], dtype=torch.float64)
+    x0 = torch.tensor([[1.0, 0.5], [-0.3, 2.0]], dtype=torch.float64)
+    exact = x0 @ torch.linalg.matrix_exp(a).T
+    return (lambda x, t: x @ a.T), x0, exact
+
+
+def test_euler_and_heun_converge_at_first_and_second_order_to_the_exact_solution():
+    v, x0, exact = linear_ode()
+    for solver, order in ((fm.euler, 1), (fm.heun, 2)):
+        errors = [(solver(v, x0, n) - exact).abs().max().item() for n in (20, 40, 80)]
+        ratios = [errors[i] / errors[i + 1] for i in range(2)]
+        assert all(abs(r - 2**order) < 0.3 * 2**order for r in ratios), (solver.__name__, errors)
+    assert (fm.heun(v, x0, 80) - exact).abs().max() < 1e-4
+
+
+def test_adaptive_solver_is_accurate_and_counts_evaluations():
+    v, x0, exact = linear_ode()
+    x1, nfe = fm.adaptive(v, x0, rtol=1e-8, atol=1e-8)
+    assert (x1 - exact).abs().max() < 1e-6
+    _, nfe_loose = fm.adaptive(v, x0, rtol=1e-3, atol=1e-3)
+    assert 0 < nfe_loose < nfe
+
+
+def test_trajectory_validates_its_arguments():
+    v, x0, _ = linear_ode()
+    assert fm.trajectory(v, x0, 5).shape == (6, 2, 2)
+    with pytest.raises(ValueError, match="method"):
+        fm.trajectory(v, x0, 5, method="rk4")
+    with pytest.raises(ValueError, match="steps"):
+        fm.euler(v, x0, 0)
+
+
+def test_straightness_is_zero_for_straight_paths_and_positive_for_curved_ones():
+    x0 = torch.randn(100, 2, generator=torch.Generator().manual_seed(0))
+    assert fm.straightness(lambda x, t: torch.ones_like(x) * torch.tensor([1.0, -2.0]), x0) < 1e-12
+    rotate = lambda x, t: torch.stack([-x[:, 1], x[:, 0]], 1)  # noqa: E731 - each point turns by one radian
+    # closed form: int_0^1 ||J R(t) z - (R(1) - I) z||^2 dt = (2 cos 1 - 1) ||z||^2, per dimension / 2
+    exact = (2 * math.cos(1) - 1) * (x0**2).sum(1).mean().item() / 2
+    assert abs(fm.straightness(rotate, x0, steps=2000) - exact) < 0.01 * exact
+
+
+def test_ot_couple_finds_the_cheapest_pairing():
+    g = torch.Generator().manual_seed(4)
+    x0, x1 = torch.randn(6, 2, generator=g), torch.randn(6, 2, generator=g)
+    paired = fm.ot_couple(x0, x1)
+    assert sorted(map(tuple, paired.tolist())) == sorted(map(tuple, x0.tolist()))  # a permutation of x0
+    best = min(((x0[list(p)] - x1) ** 2).sum().item() for p in itertools.permutations(range(6)))
+    assert abs(((paired - x1) ** 2).sum().item() - best) < 1e-5
+    with pytest.raises(ValueError, match="same shape"):
+        fm.ot_couple(x0, x1[:5])
+
+
+def test_reflow_pairs_keep_the_noise_and_solve_the_ode():
+    v, x0, exact = linear_ode()
+    z0, z1 = fm.reflow_pairs(v, x0, steps=200)
+    assert z0 is x0 and (z1 - exact).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("trace", ["exact", "hutchinson"])
+def test_ode_likelihood_of_a_gaussian_to_gaussian_flow_matches_the_closed_form(trace):
+    m, s = torch.tensor([1.0, -0.5]), 0.5  # the OT conditional field towards m carries N(0, I) to N(m, s^2 I)
+
+    def v(x, t):
+        return (m - (1 - s) * x) / (1 - (1 - s) * t)[:, None]
+
+    x = torch.randn(50, 2, generator=torch.Generator().manual_seed(5)) * s + m
+    exact = torch.distributions.Normal(m, s).log_prob(x).sum(1)
+    got = fm.ode_log_prob(v, x, steps=32, trace=trace, generator=torch.Generator().manual_seed(6))
+    torch.testing.assert_close(got, exact, atol=1e-4, rtol=0)  # a linear field: Hutchinson is exact too
+    with pytest.raises(ValueError, match="trace"):
+        fm.ode_log_prob(v, x, trace="approximate")
