@@ -7,6 +7,7 @@ schedules: it maps (x, t, y) to a tensor shaped like x.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -59,8 +60,18 @@ class UNet(nn.Module):
                 c_prev = chans[i - 1]
         self.head = nn.Sequential(group_norm(c_prev), nn.SiLU(), nn.Conv2d(c_prev, cfg.out_channels or cfg.in_channels, 3, padding=1))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor | None = None,
+        after_block: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``after_block(h, k)``, when given, transforms the features after the k-th residual block (down path, middle,
+        up path, in order): the hook through which chapter 8's video model adds temporal attention between frames."""
         levels = len(self.cfg.mults)
+        mix = after_block or (lambda h, k: h)
+        k = 0
         if x.shape[-1] % 2 ** (levels - 1) or x.shape[-2] % 2 ** (levels - 1):
             raise ValueError(f"image size {tuple(x.shape[-2:])} must be divisible by {2 ** (levels - 1)} for {levels} levels")
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
@@ -72,13 +83,16 @@ class UNet(nn.Module):
         h = self.stem(x)
         skips = []
         for i, block in enumerate(self.down):
-            h = block(h, e)
+            h = mix(block(h, e), k)
+            k += 1
             skips.append(h)
             if i < len(self.pool):
                 h = self.pool[i](h)  # (B, C, H/2, W/2)
-        h = self.attn(self.mid(h, e))
+        h = self.attn(mix(self.mid(h, e), k))
+        k += 1
         for i, block in enumerate(self.up):
-            h = block(torch.cat([h, skips.pop()], dim=1), e)  # (B, C + C_skip, H, W)
+            h = mix(block(torch.cat([h, skips.pop()], dim=1), e), k)  # (B, C + C_skip, H, W) -> (B, C, H, W)
+            k += 1
             if i < len(self.unpool):
                 h = self.unpool[i](h)
         return self.head(h)

@@ -1,0 +1,43 @@
+"""Video generation (chapter 8): coherence measured on tracked sprites, VGAN's two streams, MoCoGAN's content and
+motion, VideoGPT's 3-D VQ-VAE and code prior, and a factorized space-time diffusion denoiser inflated from an image
+model. The clips themselves come from :func:`genbook.data.moving_sprites`."""
+
+from genbook.video.coherence import BACKGROUND, acceleration, incoherence, shuffle_frames, track
+from genbook.video.denoiser import TemporalAttention, VideoUNet, inflate
+from genbook.video.gans import (
+    ContentMotionGenerator,
+    MotionRNN,
+    TwoStreamGenerator,
+    VideoDiscriminator,
+    VideoGANConfig,
+    VideoGANHistory,
+    image_discriminator,
+    mask_l1,
+    train_video_gan,
+)
+from genbook.video.vq3d import VQVAE3D, VQVAE3DConfig, codes_for_prior, video_prior, vq3d_loss
+
+__all__ = [
+    "BACKGROUND",
+    "ContentMotionGenerator",
+    "MotionRNN",
+    "TemporalAttention",
+    "TwoStreamGenerator",
+    "VQVAE3D",
+    "VQVAE3DConfig",
+    "VideoDiscriminator",
+    "VideoGANConfig",
+    "VideoGANHistory",
+    "VideoUNet",
+    "acceleration",
+    "codes_for_prior",
+    "image_discriminator",
+    "incoherence",
+    "inflate",
+    "mask_l1",
+    "shuffle_frames",
+    "track",
+    "train_video_gan",
+    "video_prior",
+    "vq3d_loss",
+]

@@ -1,0 +1,85 @@
+"""A video diffusion denoiser with factorized space-time blocks, and the inflation of an image denoiser into it
+(chapter 8, "Video diffusion"; survey eq. 125 and Box 12).
+
+| name in code | symbol |
+| ------------ | ------ |
+| ``x``        | a noisy clip (B, T, C, H, W) |
+| ``frames``   | the same clip with time folded into the batch, (B*T, C, H, W) |
+| ``temporal`` | attention along time at each pixel: the sequence is the T frames, the batch is B*H*W |
+
+Every spatial layer of the image UNet runs on the frames independently: its 3x3 convolutions are 1x3x3
+convolutions over (time, height, width) and its self-attention is spatial attention with the frames as the batch.
+After each residual block a temporal attention layer mixes information across frames at each position (Ho et al.
+2022, Video Diffusion Models). Its output projection starts at zero, so a freshly inflated model computes exactly
+what the image model computes on each frame; switching ``temporal`` off makes the frames independent, which lets
+the same network train on single images (Box 12, joint image-video training).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genbook.nets import UNet
+
+
+class TemporalAttention(nn.Module):
+    """Multi-head self-attention over the T frames at each spatial position, with a residual whose output projection
+    is zero-initialized. Shapes: h (B*T, C, H, W) with ``frames`` = T -> (B*T, C, H, W)."""
+
+    def __init__(self, channels: int, heads: int = 4):
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"channels ({channels}) must be divisible by heads ({heads})")
+        self.heads = heads
+        self.norm = nn.LayerNorm(channels)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.out = nn.Linear(channels, channels)
+        nn.init.zeros_(self.out.weight)  # starts as the identity: an inflated model equals its image model
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, h: torch.Tensor, frames: int) -> torch.Tensor:
+        bt, c, hh, ww = h.shape
+        b = bt // frames
+        seq = h.view(b, frames, c, hh * ww).permute(0, 3, 1, 2).reshape(b * hh * ww, frames, c)  # (B*HW, T, C)
+        qkv = self.qkv(self.norm(seq)).view(b * hh * ww, frames, 3, self.heads, c // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B*HW, heads, T, C/heads)
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b * hh * ww, frames, c)  # (B*HW, T, C)
+        y = self.out(y).view(b, hh * ww, frames, c).permute(0, 2, 3, 1).reshape(bt, c, hh, ww)  # back to (B*T, C, H, W)
+        return h + y
+
+
+class VideoUNet(nn.Module):
+    """eps_theta(x, t, y) for clips: an image :class:`~genbook.nets.UNet` applied to every frame, with a
+    :class:`TemporalAttention` after each of its residual blocks (factorized space-time, survey eq. 125).
+    ``temporal=False`` skips every temporal layer: the frames are then processed independently (images).
+    Shapes: x (B, T, C, H, W), t (B,), y (B,) -> (B, T, C, H, W)."""
+
+    def __init__(self, image: UNet, heads: int = 4):
+        super().__init__()
+        self.image = image
+        widths = [blk.conv2.out_channels for blk in [*image.down, image.mid, *image.up]]  # channels after each block
+        self.temporal_layers = nn.ModuleList(TemporalAttention(c, heads) for c in widths)
+        self.temporal = True
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        b, frames = x.shape[:2]
+        flat = x.reshape(b * frames, *x.shape[2:])  # (B*T, C, H, W): the frames as a batch of images
+        t = t.expand(b) if t.ndim == 0 else t
+        tt = t.repeat_interleave(frames)  # every frame of a clip shares its noise level
+        yy = None if y is None else y.repeat_interleave(frames)
+        mix = (lambda h, k: self.temporal_layers[k](h, frames)) if self.temporal else None
+        return self.image(flat, tt, yy, after_block=mix).view_as(x)
+
+
+def inflate(image: UNet, heads: int = 4) -> VideoUNet:
+    """Box 12, step 2: turn a trained image denoiser into a video denoiser. The spatial weights are copied (they
+    become the 1x3x3 kernels and the per-frame attention); the new temporal layers start as the identity, so the
+    inflated model reproduces the image model on every frame until video training teaches it to use time."""
+    return VideoUNet(copy.deepcopy(image), heads)
+
+
+__all__ = ["TemporalAttention", "VideoUNet", "inflate"]

@@ -1,0 +1,128 @@
+"""Video generation (chapter 8): the coherence measure, the video GANs, the 3-D VQ-VAE and the video denoiser."""
+
+import pytest
+import torch
+
+from genbook import data, video
+from genbook.nets import UNet, UNetConfig
+
+
+@pytest.fixture(scope="module")
+def clips():
+    return data.moving_sprites(64, seed=0)
+
+
+def test_tracking_recovers_the_ground_truth_trajectory(clips):
+    tracks = video.track(clips.clips)
+    assert tracks.shape == (64, 8, 2) and not torch.isnan(tracks).any()
+    assert (tracks - clips.trajectory).norm(dim=-1).mean() < 0.6  # pixels: shapes are rasterized on a 16x16 grid
+    empty = torch.full((1, 3, 3, 16, 16), video.BACKGROUND)
+    assert torch.isnan(video.track(empty)).all()
+    with pytest.raises(ValueError, match="N, T, C, H, W"):
+        video.track(clips.clips[0])
+
+
+def test_incoherence_separates_real_from_shuffled_and_empty_clips(clips):
+    real = video.incoherence(clips.clips)
+    shuffled = video.incoherence(video.shuffle_frames(clips.clips, torch.Generator().manual_seed(0)))
+    assert real.mean() < 0.6 and shuffled.mean() > 5 * real.mean()
+    vanished = clips.clips.clone()
+    vanished[:, 2:6] = video.BACKGROUND  # the sprite disappears for four frames
+    assert (video.incoherence(vanished) == 8.0).all()
+
+
+def test_shuffle_frames_permutes_each_clip(clips):
+    s = video.shuffle_frames(clips.clips[:4], torch.Generator().manual_seed(1))
+    for i in range(4):
+        assert sorted(s[i].flatten(1).sum(1).tolist()) == pytest.approx(sorted(clips.clips[i].flatten(1).sum(1).tolist()))
+
+
+def test_two_stream_generator_composes_foreground_mask_and_background():
+    torch.manual_seed(0)
+    cfg = video.VideoGANConfig(width=8)
+    g = video.TwoStreamGenerator(cfg).eval()
+    z = torch.randn(3, cfg.z_dim)
+    f, m, b = g.parts(z)
+    assert f.shape == (3, 8, 3, 16, 16) and m.shape == (3, 8, 1, 16, 16) and b.shape == (3, 3, 16, 16)
+    assert 0 <= m.min() and m.max() <= 1
+    torch.testing.assert_close(g(z), m * f + (1 - m) * b[:, None])  # eq. 113
+    assert video.mask_l1(m) == m.abs().mean()
+    with pytest.raises(ValueError, match="multiples of 4"):
+        video.TwoStreamGenerator(video.VideoGANConfig(frames=6))
+
+
+def test_motion_codes_are_causal_and_content_stays_fixed():
+    torch.manual_seed(0)
+    cfg = video.VideoGANConfig(width=8)
+    gen = video.ContentMotionGenerator(cfg).eval()
+    eps = torch.randn(2, 8, cfg.motion_dim, requires_grad=True)
+    z_m = gen.motion(eps, torch.zeros(2, cfg.motion_dim))
+    (grad,) = torch.autograd.grad(z_m[:, 3].sum(), eps)
+    assert grad[:, 4:].abs().max() == 0 and grad[:, :4].abs().max() > 0  # z_m^(3) depends on eps^(<=3) only
+    z_c = torch.randn(2, cfg.content_dim)
+    a = gen.draw(2, torch.Generator().manual_seed(1), z_c=z_c)
+    b = gen.draw(2, torch.Generator().manual_seed(2), z_c=z_c)
+    assert a.shape == (2, 8, 3, 16, 16) and (a - b).abs().max() > 1e-3
+
+
+def test_video_gan_training_runs_and_discriminators_have_the_right_shapes(clips):
+    torch.manual_seed(0)
+    cfg = video.VideoGANConfig(width=8)
+    gen, d_v, d_i = video.ContentMotionGenerator(cfg), video.VideoDiscriminator(cfg), video.image_discriminator(cfg)
+    real = clips.clips * 2 - 1
+    assert d_v(real[:5]).shape == (5,) and d_i(real[:5, 0]).shape == (5, 1)
+    batches = data.Batches(real, batch_size=16)
+    hist = video.train_video_gan(lambda n: (gen.draw(n), torch.zeros(())), gen.parameters(), d_v, batches, steps=3, d_image=d_i)
+    assert len(hist.d_loss) == 3 and all(map(torch.isfinite, map(torch.tensor, hist.d_loss + hist.g_loss)))
+
+
+def test_vqvae3d_codes_decode_to_the_forward_reconstruction_and_feed_the_prior(clips):
+    torch.manual_seed(0)
+    model = video.VQVAE3D(video.VQVAE3DConfig(width=16, num_codes=32)).eval()
+    rec, vq = model(clips.clips[:4])
+    assert rec.shape == (4, 8, 3, 16, 16) and vq.codes.shape == (4, 4, 4, 4) and model.grid == (4, 4, 4)
+    codes = model.encode_codes(clips.clips[:4])
+    torch.testing.assert_close(model.decode_codes(codes), rec)
+    prior = video.video_prior(model, dim=16, depth=1)
+    grid = video.codes_for_prior(codes, prior)
+    assert grid.shape == (4, 8, 8) and torch.equal(grid.reshape(codes.shape), codes)
+    assert prior(grid).shape == (4, 64, 32)
+    loss, logs = video.vq3d_loss(model.train(), clips.clips[:4])
+    assert loss.ndim == 0 and logs["rec"] > 0
+
+
+def small_unet():
+    torch.manual_seed(0)
+    return UNet(UNetConfig(in_channels=3, width=16, time_scale=1.0)).eval()
+
+
+def randomize_temporal(model):
+    with torch.no_grad():
+        for layer in model.temporal_layers:
+            layer.out.weight.normal_(0, 0.5)
+
+
+def test_switching_temporal_attention_off_isolates_the_frames():
+    model = video.inflate(small_unet())
+    randomize_temporal(model)
+    x = torch.randn(2, 4, 3, 8, 8, requires_grad=True)
+    t = torch.tensor([3, 7])
+    for temporal, leaks in ((True, True), (False, False)):
+        model.temporal = temporal
+        (grad,) = torch.autograd.grad(model(x, t)[:, 0].sum(), x)  # output frame 0
+        other = grad[:, 1:].abs().max().item()  # its dependence on frames 1..3
+        assert (other > 1e-6) == leaks, (temporal, other)
+
+
+def test_inflated_model_reproduces_the_image_model():
+    image = small_unet()
+    model = video.inflate(image).eval()
+    frame = torch.randn(2, 3, 8, 8)
+    same = frame[:, None].expand(2, 5, 3, 8, 8).contiguous()  # a clip of identical frames
+    t = torch.tensor([2, 9])
+    out = model(same, t)
+    for k in range(5):
+        torch.testing.assert_close(out[:, k], image(frame, t), atol=1e-5, rtol=1e-5)
+    moving = torch.randn(2, 5, 3, 8, 8)  # zero-initialized temporal layers: any clip, frame by frame
+    torch.testing.assert_close(model(moving, t), torch.stack([image(moving[:, k], t) for k in range(5)], 1), atol=1e-5, rtol=1e-5)
+    assert model.image is not image  # the image model is copied, not shared
