@@ -31,6 +31,20 @@ def test_incoherence_separates_real_from_shuffled_and_empty_clips(clips):
     assert (video.incoherence(vanished) == 8.0).all()
 
 
+def test_tracking_ignores_the_background_colour_and_rejects_textures(clips):
+    recoloured = clips.clips.clone()
+    recoloured[recoloured == recoloured.flatten(1).median(1).values[0]] = 0.5  # a grey background instead of 0.08
+    torch.testing.assert_close(video.track(recoloured), video.track(clips.clips))
+    noise = torch.rand(4, 8, 3, 16, 16, generator=torch.Generator().manual_seed(0))  # foreground everywhere
+    assert torch.isnan(video.track(noise)).all()
+
+
+def test_speed_matches_the_data_and_is_zero_for_a_still_sprite(clips):
+    assert abs(video.speed(clips.clips).mean().item() - 1.5) < 0.15  # the data's sprites move 1.5 px per frame
+    still = clips.clips[:, :1].expand_as(clips.clips)
+    assert video.speed(still).abs().max() == 0 and video.incoherence(still).abs().max() == 0
+
+
 def test_shuffle_frames_permutes_each_clip(clips):
     s = video.shuffle_frames(clips.clips[:4], torch.Generator().manual_seed(1))
     for i in range(4):

@@ -2,7 +2,7 @@
 motion, VideoGPT's 3-D VQ-VAE and code prior, and a factorized space-time diffusion denoiser inflated from an image
 model. The clips themselves come from :func:`genbook.data.moving_sprites`."""
 
-from genbook.video.coherence import BACKGROUND, acceleration, incoherence, shuffle_frames, track
+from genbook.video.coherence import BACKGROUND, acceleration, incoherence, shuffle_frames, speed, track
 from genbook.video.denoiser import TemporalAttention, VideoUNet, inflate
 from genbook.video.gans import (
     ContentMotionGenerator,
@@ -36,6 +36,7 @@ __all__ = [
     "inflate",
     "mask_l1",
     "shuffle_frames",
+    "speed",
     "track",
     "train_video_gan",
     "video_prior",

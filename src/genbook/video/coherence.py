@@ -15,18 +15,24 @@ from __future__ import annotations
 
 import torch
 
-BACKGROUND = 0.08  # the background grey of genbook.data's sprites
+BACKGROUND = 0.08  # the background grey of genbook.data's sprites (for tests and plots; tracking estimates it)
 
 
-def track(clips: torch.Tensor, threshold: float = 0.25, background: float = BACKGROUND) -> torch.Tensor:
-    """Centre of mass of the foreground (pixels whose largest channel differs from the background by more than
-    ``threshold``, weighted by that difference) in each frame: (N, T, 3, H, W) -> (N, T, 2), NaN where a frame has
-    no foreground. Chapter 8, "Measuring coherence"."""
+def track(clips: torch.Tensor, threshold: float = 0.25, max_area: float = 0.5) -> torch.Tensor:
+    """Centre of mass of the foreground in each frame: (N, T, 3, H, W) -> (N, T, 2), NaN where a frame has no
+    foreground or where more than ``max_area`` of it is foreground (then there is no single sprite to track).
+
+    The background of a frame is its per-channel median (the sprite covers well under half of a frame), so a
+    generator that draws the wrong background colour is still tracked; the foreground is every pixel whose largest
+    channel differs from it by more than ``threshold``, weighted by that difference. Chapter 8, "Measuring coherence".
+    """
     if clips.dim() != 5:
         raise ValueError(f"clips must be (N, T, C, H, W), got shape {tuple(clips.shape)}")
+    background = clips.float().flatten(3).median(3).values[..., None, None]  # (N, T, C, 1, 1)
     diff = (clips.float() - background).abs().amax(2)  # (N, T, H, W)
     weight = torch.where(diff > threshold, diff, torch.zeros_like(diff))
-    mass = weight.sum((2, 3))  # (N, T)
+    area = (weight > 0).float().mean((2, 3))  # (N, T), share of the frame that is foreground
+    mass = torch.where(area <= max_area, weight.sum((2, 3)), torch.zeros_like(area))  # (N, T)
     h, w = clips.shape[-2:]
     ys = torch.arange(h, dtype=torch.float32, device=clips.device) + 0.5  # pixel centres
     xs = torch.arange(w, dtype=torch.float32, device=clips.device) + 0.5
@@ -49,6 +55,14 @@ def incoherence(clips: torch.Tensor, missing: float = 8.0, **kwargs) -> torch.Te
     return torch.nan_to_num(acc, nan=missing).median(1).values
 
 
+def speed(clips: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Per clip, the median distance the tracked sprite moves between frames, in pixels per frame (NaN where it
+    cannot be tracked): a sprite that stands still is perfectly "coherent" by :func:`incoherence` and wrong all the
+    same, since the data's sprites move at 1.5 pixels per frame. (N, T, 3, H, W) -> (N,)."""
+    tracks = track(clips, **kwargs)
+    return (tracks[:, 1:] - tracks[:, :-1]).norm(dim=-1).median(1).values
+
+
 def shuffle_frames(clips: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """The failure case: each clip's frames in a random order (same frames, no motion). (N, T, ...) -> same."""
     n, t = clips.shape[:2]
@@ -56,4 +70,4 @@ def shuffle_frames(clips: torch.Tensor, generator: torch.Generator | None = None
     return torch.gather(clips, 1, order.view(n, t, 1, 1, 1).expand_as(clips))
 
 
-__all__ = ["BACKGROUND", "acceleration", "incoherence", "shuffle_frames", "track"]
+__all__ = ["BACKGROUND", "acceleration", "incoherence", "shuffle_frames", "speed", "track"]
