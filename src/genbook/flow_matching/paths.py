@@ -142,7 +142,8 @@ def eps_loss(eps_fn: VelocityFn, path: GaussianPath, x1: torch.Tensor) -> torch.
 def velocity_from_eps(eps_fn: VelocityFn, path: GaussianPath) -> VelocityFn:
     """The probability-flow velocity of a noise predictor: with x1_hat = (x - sigma_t eps_hat) / a_t,
     v = da_t x1_hat + dsigma_t eps_hat = (dlog_a_t) x + (dsigma_t - dlog_a_t sigma_t) eps_hat.
-    On the VP path this is (beta / 2) (x - eps_hat / sigma_t), the diffusion model's ODE (Song et al. 2021)."""
+    On the VP path this is (beta / 2) (x - eps_hat / sigma_t), the diffusion model's ODE (Song et al. 2021). On the
+    OT path a_0 = 0 and dlog_a = 1/t, so a noise predictor there can only be sampled from t > 0."""
 
     def v(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         r = path.dlog_a(t)

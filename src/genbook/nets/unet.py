@@ -71,7 +71,7 @@ class UNet(nn.Module):
         up path, in order): the hook through which chapter 8's video model adds temporal attention between frames."""
         levels = len(self.cfg.mults)
         mix = after_block or (lambda h, k: h)
-        k = 0
+        n_down = len(self.down)
         if x.shape[-1] % 2 ** (levels - 1) or x.shape[-2] % 2 ** (levels - 1):
             raise ValueError(f"image size {tuple(x.shape[-2:])} must be divisible by {2 ** (levels - 1)} for {levels} levels")
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
@@ -83,16 +83,13 @@ class UNet(nn.Module):
         h = self.stem(x)
         skips = []
         for i, block in enumerate(self.down):
-            h = mix(block(h, e), k)
-            k += 1
+            h = mix(block(h, e), i)  # blocks 0 .. n_down - 1
             skips.append(h)
             if i < len(self.pool):
                 h = self.pool[i](h)  # (B, C, H/2, W/2)
-        h = self.attn(mix(self.mid(h, e), k))
-        k += 1
+        h = self.attn(mix(self.mid(h, e), n_down))  # block n_down
         for i, block in enumerate(self.up):
-            h = mix(block(torch.cat([h, skips.pop()], dim=1), e), k)  # (B, C + C_skip, H, W) -> (B, C, H, W)
-            k += 1
+            h = mix(block(torch.cat([h, skips.pop()], dim=1), e), n_down + 1 + i)  # (B, C + C_skip, H, W) -> (B, C, H, W)
             if i < len(self.unpool):
                 h = self.unpool[i](h)
         return self.head(h)
