@@ -30,8 +30,6 @@ def test_ot_path_matches_box_11(sigma_min):
     xt = (1 - (1 - sigma_min) * t)[:, None] * x0 + t[:, None] * x1  # Box 11
     torch.testing.assert_close(path.sample_xt(x0, x1, t), xt)
     torch.testing.assert_close(path.target(x0, x1, t), x1 - (1 - sigma_min) * x0)
-    if sigma_min == 0:  # rectified flow, eq. 103-104
-        torch.testing.assert_close(path.sample_xt(x0, x1, t), (1 - t)[:, None] * x0 + t[:, None] * x1)
 
 
 def test_vp_path_matches_its_definition_and_the_derivative_of_psi():
@@ -45,10 +43,6 @@ def test_vp_path_matches_its_definition_and_the_derivative_of_psi():
     h = 1e-6  # the target is d/dt psi_t(x0; x1): central differences of the path itself
     fd = (path.sample_xt(x0, x1, t + h) - path.sample_xt(x0, x1, t - h)) / (2 * h)
     torch.testing.assert_close(path.target(x0, x1, t), fd, rtol=1e-5, atol=1e-6)
-    # Lipman et al.'s eq. 15, the conditional field at x = psi_t(x0): sigma'/sigma (x - mu) + mu'
-    mu = path.a(t)[:, None] * x1
-    u = path.dsigma(t)[:, None] / path.sigma(t)[:, None] * (xt - mu) + path.da(t)[:, None] * x1
-    torch.testing.assert_close(path.target(x0, x1, t), u)
     assert path.t_max < 1 and float(path.sigma(torch.tensor(0.0))) > 0.99
 
 
@@ -138,22 +132,29 @@ def test_ot_couple_finds_the_cheapest_pairing():
         fm.ot_couple(x0, x1[:5])
 
 
-def test_reflow_pairs_keep_the_noise_and_solve_the_ode():
-    v, x0, exact = linear_ode()
-    z0, z1 = fm.reflow_pairs(v, x0, steps=200)
-    assert z0 is x0 and (z1 - exact).abs().max() < 1e-5
-
-
-@pytest.mark.parametrize("trace", ["exact", "hutchinson"])
-def test_ode_likelihood_of_a_gaussian_to_gaussian_flow_matches_the_closed_form(trace):
+def test_ode_likelihood_of_a_gaussian_to_gaussian_flow_matches_the_closed_form():
     m, s = torch.tensor([1.0, -0.5]), 0.5  # the OT conditional field towards m carries N(0, I) to N(m, s^2 I)
 
     def v(x, t):
-        return (m - (1 - s) * x) / (1 - (1 - s) * t)[:, None]
+        return (m - (1 - s) * x) / (1 - (1 - s) * t.reshape(-1, 1))
 
     x = torch.randn(50, 2, generator=torch.Generator().manual_seed(5)) * s + m
     exact = torch.distributions.Normal(m, s).log_prob(x).sum(1)
-    got = fm.ode_log_prob(v, x, steps=32, trace=trace, generator=torch.Generator().manual_seed(6))
-    torch.testing.assert_close(got, exact, atol=1e-4, rtol=0)  # a linear field: Hutchinson is exact too
+    torch.testing.assert_close(fm.ode_log_prob(v, x, steps=32, trace="exact"), exact, atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="trace"):
         fm.ode_log_prob(v, x, trace="approximate")
+
+
+def test_hutchinson_likelihood_is_unbiased_for_a_non_diagonal_jacobian():
+    a = torch.tensor([[-0.3, 0.8], [-0.6, 0.2]], dtype=torch.float64)  # dx/dt = A x: x_1 = expm(A) x_0 ~ N(0, M M^T)
+    m = torch.linalg.matrix_exp(a)
+    x = torch.tensor([[0.7, -1.2]], dtype=torch.float64)
+    closed = torch.distributions.MultivariateNormal(torch.zeros(2, dtype=torch.float64), m @ m.T).log_prob(x)
+
+    def v(z, t):
+        return z @ a.T
+
+    torch.testing.assert_close(fm.ode_log_prob(v, x, steps=64, trace="exact"), closed, atol=1e-8, rtol=0)
+    probes = fm.ode_log_prob(v, x.repeat(4000, 1), steps=64, trace="hutchinson", generator=torch.Generator().manual_seed(6))
+    assert probes.std() > 0.1  # one probe is not the trace: the estimate varies
+    assert abs(probes.mean() - closed) < 4 * probes.std() / math.sqrt(4000)

@@ -285,6 +285,9 @@ class Sprites:
     position: torch.Tensor  # (N, 2) centre (x, y) in pixels
 
 
+SPRITE_BACKGROUND = 0.08  # the grey behind every sprite
+
+
 def sprites(n: int, size: int = 16, seed: int = 0) -> Sprites:
     """n images of one shape each, with known factors: shape, colour, scale, position."""
     return _draw_sprites(n, size, torch.Generator().manual_seed(seed))
@@ -296,7 +299,7 @@ def _draw_sprites(n: int, size: int, g: torch.Generator) -> Sprites:
     scale = size * (0.12 + 0.13 * torch.rand(n, generator=g))
     pos = scale[:, None] + (size - 2 * scale[:, None]) * torch.rand(n, 2, generator=g)
     mask = _shape_masks(shape, pos[:, 0], pos[:, 1], scale, size)
-    images = 0.08 + mask[:, None] * (COLOURS[colour][:, :, None, None] - 0.08)  # (N, 3, H, W)
+    images = SPRITE_BACKGROUND + mask[:, None] * (COLOURS[colour][:, :, None, None] - SPRITE_BACKGROUND)  # (N, 3, H, W)
     return Sprites(images, shape, colour, scale, pos)
 
 
@@ -332,7 +335,7 @@ def moving_sprites(n: int, frames: int = 8, size: int = 16, seed: int = 0, speed
     rep = lambda v: v.repeat_interleave(frames)  # noqa: E731
     mask = _shape_masks(rep(still.shape), flat[:, 0], flat[:, 1], rep(still.scale), size)
     col = COLOURS[rep(still.colour)][:, :, None, None]
-    clips = (0.08 + mask[:, None] * (col - 0.08)).reshape(n, frames, 3, size, size)
+    clips = (SPRITE_BACKGROUND + mask[:, None] * (col - SPRITE_BACKGROUND)).reshape(n, frames, 3, size, size)
     return MovingSprites(clips, traj, vel, still.shape, still.colour)
 
 

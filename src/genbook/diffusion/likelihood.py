@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from genbook.diffusion.samplers import EpsFn, _steps_tensor
+from genbook.diffusion.samplers import EpsFn, _alpha_bar_at, _randn, _steps_tensor
 from genbook.diffusion.schedule import Schedule, _bcast
 
 
@@ -71,30 +71,26 @@ def vlb(
     if not 0 <= decoder_step < sched.T:
         raise ValueError(f"decoder_step must be in 0..{sched.T - 1}, got {decoder_step}")
     b = x0.shape[0]
-    ab_last = _bcast(sched.alpha_bar, _steps_tensor(sched.T - 1, b, x0.device), x0)
+    ab_last = _alpha_bar_at(sched, sched.T - 1, x0)
     prior = gaussian_kl(ab_last.sqrt() * x0, 1 - ab_last, torch.zeros_like(x0), torch.ones_like(x0)).flatten(1).sum(1)
-    diffusion = x0.new_zeros(b)
-    decoder = x0.new_zeros(b)
     per_step = x0.new_zeros(b, sched.T)
     for t in range(decoder_step, sched.T):
         tt = _steps_tensor(t, b, x0.device)
-        eps = torch.randn(x0.shape, generator=generator).to(x0.device)
-        xt = sched.q_sample(x0, tt, eps)
+        xt = sched.q_sample(x0, tt, _randn(x0.shape, generator, x0.device))
         eps_hat = eps_fn(xt, tt, y)
         beta, ab = _bcast(sched.betas, tt, x0), _bcast(sched.alpha_bar, tt, x0)
+        mu = (xt - beta / (1 - ab).sqrt() * eps_hat) / (1 - beta).sqrt()  # Box 8's mean
         if t == decoder_step:
             if t == 0 and decoder_std is None:
-                mean, std = (xt - beta / (1 - ab).sqrt() * eps_hat) / (1 - beta).sqrt(), beta.sqrt()  # Box 8's last step
+                mean, std = mu, beta.sqrt()  # Box 8's last step
             else:
                 mean = sched.predict_x0(xt, tt, eps_hat).clamp(-1, 1)
                 std = torch.full_like(ab, decoder_std) if decoder_std is not None else ((1 - ab) / ab).sqrt()
-            decoder = -discretized_gaussian_log_likelihood(x0, mean, std, levels).flatten(1).sum(1)
-            per_step[:, t] = decoder
+            per_step[:, t] = -discretized_gaussian_log_likelihood(x0, mean, std, levels).flatten(1).sum(1)
         else:
-            mu = (xt - beta / (1 - ab).sqrt() * eps_hat) / (1 - beta).sqrt()  # Box 8's mean
             mean_q, var_q = sched.posterior(x0, xt, tt)
             var_p = var_q if variance == "posterior" else beta
             per_step[:, t] = gaussian_kl(mean_q, var_q, mu, var_p).flatten(1).sum(1)
-            diffusion = diffusion + per_step[:, t]
+    decoder, diffusion = per_step[:, decoder_step], per_step[:, decoder_step + 1 :].sum(1)
     total = prior + diffusion + decoder
     return {"prior": prior, "diffusion": diffusion, "decoder": decoder, "total": total, "per_step": per_step}

@@ -2,10 +2,10 @@
 regression losses, Euler, Heun and adaptive ODE samplers, straightness, reflow and minibatch-OT couplings, and the
 likelihood through the ODE."""
 
-from genbook.flow_matching.coupling import ot_couple, reflow_pairs
-from genbook.flow_matching.likelihood import ode_log_prob
+from genbook.flow_matching.coupling import ot_couple
 from genbook.flow_matching.paths import GaussianPath, OTPath, VPPath, eps_loss, fm_loss, sample_t, velocity_from_eps
 from genbook.flow_matching.solvers import adaptive, euler, heun, straightness, trajectory
+from genbook.flows.cnf import ode_log_prob  # a flow-matching model is a CNF: chapter 4's likelihood, unchanged
 
 __all__ = [
     "GaussianPath",
@@ -18,7 +18,6 @@ __all__ = [
     "heun",
     "ode_log_prob",
     "ot_couple",
-    "reflow_pairs",
     "sample_t",
     "straightness",
     "trajectory",

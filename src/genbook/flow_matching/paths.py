@@ -115,9 +115,9 @@ class VPPath(GaussianPath):
         return -self.a(t) * self.da(t) / self.sigma(t)  # d/dt sqrt(1 - a^2)
 
 
-def sample_t(n: int, path: GaussianPath, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_t(n: int, path: GaussianPath, device=None) -> torch.Tensor:
     """t ~ U[0, t_max], shape (n,)."""
-    return (torch.rand(n, generator=generator) * path.t_max).to(device)
+    return (torch.rand(n) * path.t_max).to(device)
 
 
 def fm_loss(v_fn: VelocityFn, path: GaussianPath, x1: torch.Tensor, x0: torch.Tensor | None = None) -> torch.Tensor:
@@ -139,15 +139,21 @@ def eps_loss(eps_fn: VelocityFn, path: GaussianPath, x1: torch.Tensor) -> torch.
     return F.mse_loss(eps_fn(path.sample_xt(eps, x1, t), t), eps)
 
 
-def velocity_from_eps(eps_fn: VelocityFn, path: GaussianPath) -> VelocityFn:
+def velocity_from_eps(eps_fn: VelocityFn, path: GaussianPath, clip_x1: float | None = None) -> VelocityFn:
     """The probability-flow velocity of a noise predictor: with x1_hat = (x - sigma_t eps_hat) / a_t,
     v = da_t x1_hat + dsigma_t eps_hat = (dlog_a_t) x + (dsigma_t - dlog_a_t sigma_t) eps_hat.
     On the VP path this is (beta / 2) (x - eps_hat / sigma_t), the diffusion model's ODE (Song et al. 2021). On the
-    OT path a_0 = 0 and dlog_a = 1/t, so a noise predictor there can only be sampled from t > 0."""
+    OT path a_0 = 0 and dlog_a = 1/t, so a noise predictor there can only be sampled from t > 0. ``clip_x1`` clips
+    x1_hat to the data's range and recomputes eps_hat from it, chapter 6's ``clip_x0``."""
 
     def v(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        eps = eps_fn(x, t)
+        if clip_x1 is not None:
+            a, sigma = _bcast(path.a(t), x), _bcast(path.sigma(t), x)
+            x1_hat = ((x - sigma * eps) / a).clamp(-clip_x1, clip_x1)
+            return _bcast(path.da(t), x) * x1_hat + _bcast(path.dsigma(t), x) * (x - a * x1_hat) / sigma
         r = path.dlog_a(t)
-        return _bcast(r, x) * x + _bcast(path.dsigma(t) - r * path.sigma(t), x) * eps_fn(x, t)
+        return _bcast(r, x) * x + _bcast(path.dsigma(t) - r * path.sigma(t), x) * eps
 
     return v
 

@@ -22,38 +22,43 @@ def _t(value: float, x: torch.Tensor) -> torch.Tensor:
     return torch.full((x.shape[0],), value, device=x.device, dtype=x.dtype)
 
 
-@torch.no_grad()
-def euler(v_fn: VelocityFn, x0: torch.Tensor, steps: int, t0: float = 0.0, t1: float = 1.0) -> torch.Tensor:
-    """Forward Euler, Box 10: for i = 0..N-1, t_i = t0 + i h, Z <- Z + h v_theta(Z, t_i). N evaluations.
-    Chapter 7, "Rectified flow"."""
-    return trajectory(v_fn, x0, steps, "euler", t0, t1)[-1]
-
-
-@torch.no_grad()
-def heun(v_fn: VelocityFn, x0: torch.Tensor, steps: int, t0: float = 0.0, t1: float = 1.0) -> torch.Tensor:
-    """Heun's method (explicit trapezoid): an Euler predictor, then the average of the slopes at both ends.
-    Second order; 2N evaluations. Chapter 7, "Rectified flow"."""
-    return trajectory(v_fn, x0, steps, "heun", t0, t1)[-1]
-
-
-@torch.no_grad()
-def trajectory(v_fn: VelocityFn, x0: torch.Tensor, steps: int, method: str = "euler", t0: float = 0.0, t1: float = 1.0) -> torch.Tensor:
-    """The states Z_{t_0}, ..., Z_{t_N} of a fixed-step solve, shape (N + 1, B, ...)."""
+def _solve(v_fn: VelocityFn, x0: torch.Tensor, steps: int, method: str, t1: float, keep: bool) -> list[torch.Tensor]:
     if method not in ("euler", "heun"):
         raise ValueError(f"method must be 'euler' or 'heun', got {method!r}")
     if steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps}")
-    h = (t1 - t0) / steps
+    h = t1 / steps
     x, states = x0, [x0]
     for i in range(steps):
-        t = t0 + i * h
+        t = i * h
         d = v_fn(x, _t(t, x))
         x_next = x + h * d  # Euler: Z <- Z + h v(Z, t)
         if method == "heun":
             x_next = x + h / 2 * (d + v_fn(x_next, _t(t + h, x)))  # trapezoid with the predicted end point
         x = x_next
-        states.append(x)
-    return torch.stack(states)
+        if keep:
+            states.append(x)
+    return states if keep else [x]
+
+
+@torch.no_grad()
+def euler(v_fn: VelocityFn, x0: torch.Tensor, steps: int, t1: float = 1.0) -> torch.Tensor:
+    """Forward Euler, Box 10: for i = 0..N-1, t_i = i h, Z <- Z + h v_theta(Z, t_i). N evaluations.
+    Chapter 7, "Rectified flow"."""
+    return _solve(v_fn, x0, steps, "euler", t1, keep=False)[-1]
+
+
+@torch.no_grad()
+def heun(v_fn: VelocityFn, x0: torch.Tensor, steps: int, t1: float = 1.0) -> torch.Tensor:
+    """Heun's method (explicit trapezoid): an Euler predictor, then the average of the slopes at both ends.
+    Second order; 2N evaluations. Chapter 7, "Rectified flow"."""
+    return _solve(v_fn, x0, steps, "heun", t1, keep=False)[-1]
+
+
+@torch.no_grad()
+def trajectory(v_fn: VelocityFn, x0: torch.Tensor, steps: int, method: str = "euler", t1: float = 1.0) -> torch.Tensor:
+    """The states Z_{t_0}, ..., Z_{t_N} of a fixed-step solve from t = 0, shape (N + 1, B, ...)."""
+    return torch.stack(_solve(v_fn, x0, steps, method, t1, keep=True))
 
 
 @torch.no_grad()

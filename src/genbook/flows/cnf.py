@@ -74,6 +74,69 @@ class TimeConvNet(nn.Module):
         return self.net(torch.cat([x, t_map], 1))
 
 
+def integrate(
+    velocity,
+    x: torch.Tensor,
+    t0: float,
+    t1: float,
+    steps: int,
+    method: str = "rk4",
+    eps: torch.Tensor | None = None,
+    with_div: bool = False,
+    create_graph: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed-step solve of dx/dt = velocity(x, t) from t0 to t1 (Euler or classic RK4), with t passed as a 0-dim tensor;
+    returns (x(t1), int_{t0}^{t1} div dt), the integral 0 without ``with_div``. ``eps`` None: exact trace, else
+    Hutchinson's with that probe. Without ``create_graph`` the states are detached after every evaluation (evaluation:
+    no graph through the solve). Chapter 4, "CNF and FFJORD"; chapter 7 reuses it for flow matching's likelihood."""
+    h = (t1 - t0) / steps
+    acc = x.new_zeros(x.shape[0])
+
+    def f(x_: torch.Tensor, t_: float) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.tensor(t_, device=x.device)
+        if not with_div:
+            return velocity(x_, t), acc
+        with torch.enable_grad():
+            x_ = x_ if x_.requires_grad and create_graph else x_.detach().requires_grad_(True)  # never flag the caller's tensor
+            v = velocity(x_, t)
+            div = divergence_exact(v, x_, create_graph) if eps is None else divergence_hutchinson(v, x_, eps, create_graph)
+        return (v, div) if create_graph else (v.detach(), div.detach())
+
+    for k in range(steps):
+        t = t0 + k * h
+        if method == "euler":
+            v, d = f(x, t)
+            x, acc = x + h * v, acc + h * d
+        else:  # classic RK4 on the augmented state (x, acc)
+            v1, d1 = f(x, t)
+            v2, d2 = f(x + h / 2 * v1, t + h / 2)
+            v3, d3 = f(x + h / 2 * v2, t + h / 2)
+            v4, d4 = f(x + h * v3, t + h)
+            x = x + h / 6 * (v1 + 2 * v2 + 2 * v3 + v4)
+            acc = acc + h / 6 * (d1 + 2 * d2 + 2 * d3 + d4)
+    return x, acc
+
+
+def ode_log_prob(
+    velocity,
+    x: torch.Tensor,
+    steps: int = 8,
+    method: str = "rk4",
+    trace: str = "exact",
+    generator: torch.Generator | None = None,
+    t1: float = 1.0,
+    create_graph: bool = False,
+) -> torch.Tensor:
+    """log p_{t1}(x) = log N(z_0; 0, I) - int_0^{t1} tr(dv/dx) dt by a fixed-step solve backwards from z_{t1} = x, in nats
+    per example, shape (B,). ``trace="exact"`` costs D vector-Jacobian products per evaluation, ``"hutchinson"`` one,
+    with one Rademacher probe per solve (FFJORD). Exact up to the solver's error. Chapters 4 and 7."""
+    if trace not in ("exact", "hutchinson"):
+        raise ValueError(f"trace must be 'exact' or 'hutchinson', got {trace!r}")
+    eps = None if trace == "exact" else rademacher(x.shape, generator, x.device)
+    z0, acc = integrate(velocity, x, t1, 0.0, steps, method, eps, with_div=True, create_graph=create_graph)  # acc = -int_0^t1 div
+    return (-0.5 * z0**2 - 0.5 * math.log(2 * math.pi)).flatten(1).sum(1) + acc
+
+
 class CNF(nn.Module):
     """A continuous normalizing flow: x(1) = x(0) + int_0^1 v(x(t), t) dt with x(0) ~ N(0, I).
 
@@ -91,47 +154,12 @@ class CNF(nn.Module):
         self.velocity, self.event_shape = velocity, tuple(event_shape)
         self.steps, self.method, self.trace = steps, method, trace
 
-    def _dynamics(self, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor | None, create_graph: bool):
-        with torch.enable_grad():
-            x = x if x.requires_grad else x.detach().requires_grad_(True)  # never flag the caller's tensor
-            v = self.velocity(x, t)
-            div = divergence_exact(v, x, create_graph) if eps is None else divergence_hutchinson(v, x, eps, create_graph)
-        return v, div
-
     def _integrate(self, x: torch.Tensor, t0: float, t1: float, eps: torch.Tensor | None, with_div: bool, steps: int | None = None):
-        """Fixed-step solve from t0 to t1 in ``steps`` steps (default: the model's); returns (x(t1), int_{t0}^{t1} div dt)
-        (the integral is 0 without div)."""
-        steps = steps or self.steps
-        h = (t1 - t0) / steps
-        create_graph = torch.is_grad_enabled()
-        acc = x.new_zeros(x.shape[0])
-
-        def f(x_, t_):
-            if with_div:
-                return self._dynamics(x_, torch.tensor(t_, device=x.device), eps, create_graph)
-            return self.velocity(x_, torch.tensor(t_, device=x.device)), acc
-
-        for k in range(steps):
-            t = t0 + k * h
-            if self.method == "euler":
-                v, d = f(x, t)
-                x, acc = x + h * v, acc + h * d
-            else:  # classic RK4 on the augmented state (x, acc)
-                v1, d1 = f(x, t)
-                v2, d2 = f(x + h / 2 * v1, t + h / 2)
-                v3, d3 = f(x + h / 2 * v2, t + h / 2)
-                v4, d4 = f(x + h * v3, t + h)
-                x = x + h / 6 * (v1 + 2 * v2 + 2 * v3 + v4)
-                acc = acc + h / 6 * (d1 + 2 * d2 + 2 * d3 + d4)
-        return x, acc
+        return integrate(self.velocity, x, t0, t1, steps or self.steps, self.method, eps, with_div, torch.is_grad_enabled())
 
     def log_prob(self, x: torch.Tensor, trace: str | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """log p_1(x) = log N(x(0); 0, I) - int_0^1 div dt, solving backwards from x(1) = x. Shape (B,)."""
-        trace = trace or self.trace
-        eps = None if trace == "exact" else rademacher(x.shape, generator, x.device)  # one probe per solve (FFJORD)
-        x0, acc = self._integrate(x, 1.0, 0.0, eps, with_div=True)  # acc = int_1^0 div dt = -int_0^1 div dt
-        base = (-0.5 * x0**2 - 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
-        return base + acc
+        return ode_log_prob(self.velocity, x, self.steps, self.method, trace or self.trace, generator, create_graph=torch.is_grad_enabled())
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

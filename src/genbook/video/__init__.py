@@ -10,12 +10,11 @@ from genbook.video.gans import (
     TwoStreamGenerator,
     VideoDiscriminator,
     VideoGANConfig,
-    VideoGANHistory,
     image_discriminator,
     mask_l1,
     train_video_gan,
 )
-from genbook.video.vq3d import VQVAE3D, VQVAE3DConfig, codes_for_prior, video_prior, vq3d_loss
+from genbook.video.vq3d import VQVAE3D, VQVAE3DConfig, video_prior, vq3d_loss
 
 __all__ = [
     "BACKGROUND",
@@ -27,10 +26,8 @@ __all__ = [
     "VQVAE3DConfig",
     "VideoDiscriminator",
     "VideoGANConfig",
-    "VideoGANHistory",
     "VideoUNet",
     "acceleration",
-    "codes_for_prior",
     "image_discriminator",
     "incoherence",
     "inflate",

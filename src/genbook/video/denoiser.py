@@ -20,10 +20,10 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from genbook.nets import UNet
+from genbook.nets.transformer import attend
 
 
 class TemporalAttention(nn.Module):
@@ -45,9 +45,7 @@ class TemporalAttention(nn.Module):
         bt, c, hh, ww = h.shape
         b = bt // frames
         seq = h.view(b, frames, c, hh * ww).permute(0, 3, 1, 2).reshape(b * hh * ww, frames, c)  # (B*HW, T, C)
-        qkv = self.qkv(self.norm(seq)).view(b * hh * ww, frames, 3, self.heads, c // self.heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B*HW, heads, T, C/heads)
-        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b * hh * ww, frames, c)  # (B*HW, T, C)
+        y = attend(self.qkv(self.norm(seq)), self.heads)  # (B*HW, T, C)
         y = self.out(y).view(b, hh * ww, frames, c).permute(0, 2, 3, 1).reshape(bt, c, hh, ww)  # back to (B*T, C, H, W)
         return h + y
 
@@ -67,9 +65,8 @@ class VideoUNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         b, frames = x.shape[:2]
-        flat = x.reshape(b * frames, *x.shape[2:])  # (B*T, C, H, W): the frames as a batch of images
-        t = t.expand(b) if t.ndim == 0 else t
-        tt = t.repeat_interleave(frames)  # every frame of a clip shares its noise level
+        flat = x.flatten(0, 1)  # (B*T, C, H, W): the frames as a batch of images
+        tt = t.expand(b).repeat_interleave(frames)  # every frame of a clip shares its noise level
         yy = None if y is None else y.repeat_interleave(frames)
         mix = (lambda h, k: self.temporal_layers[k](h, frames)) if self.temporal else None
         return self.image(flat, tt, yy, after_block=mix).view_as(x)

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from genbook.gan import d_loss, g_loss_nonsaturating
+from genbook.gan import GANHistory, d_loss, g_loss_nonsaturating
 from genbook.nets import DCGANDiscriminator, DCGANGenerator
 
 
@@ -78,7 +78,7 @@ class TwoStreamGenerator(nn.Module):
 def mask_l1(m: torch.Tensor) -> torch.Tensor:
     """||m||_1 per element, batch mean: the sparsity term lambda E||m(z)||_1 of survey eq. 114 without lambda. It
     pushes the generator to explain the static scene with the background and use the mask only for what moves."""
-    return m.abs().mean()
+    return m.mean()  # m = sigmoid(...) >= 0, so ||m||_1 is its sum
 
 
 class MotionRNN(nn.Module):
@@ -87,14 +87,10 @@ class MotionRNN(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.cell = nn.GRUCell(dim, dim)
+        self.gru = nn.GRU(dim, dim, batch_first=True)
 
     def forward(self, eps: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
-        h, out = h0, []
-        for t in range(eps.shape[1]):  # a recurrence: each code depends on the previous one
-            h = self.cell(eps[:, t], h)
-            out.append(h)
-        return torch.stack(out, 1)
+        return self.gru(eps, h0[None])[0]  # all hidden states h_1..h_T, (B, T, dim)
 
 
 class ContentMotionGenerator(nn.Module):
@@ -147,13 +143,6 @@ def image_discriminator(cfg: VideoGANConfig) -> nn.Module:
     return DCGANDiscriminator(cfg.channels, cfg.size, cfg.width)
 
 
-@dataclass
-class VideoGANHistory:
-    d_loss: list[float] = field(default_factory=list)
-    g_loss: list[float] = field(default_factory=list)
-    seconds: float = 0.0
-
-
 def train_video_gan(
     draw: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
     g_params,
@@ -164,7 +153,7 @@ def train_video_gan(
     lr: float = 2e-4,
     betas: tuple[float, float] = (0.5, 0.999),
     seed: int = 0,
-) -> VideoGANHistory:
+) -> GANHistory:
     """Alternate one discriminator step and one generator step with the non-saturating loss (survey Box 3).
 
     ``draw(n)`` returns n generated clips and an extra generator loss (VGAN's lambda ||m||_1, or 0). With an image
@@ -176,7 +165,7 @@ def train_video_gan(
     opt_g = torch.optim.Adam(g_params, lr=lr, betas=betas)
     opt_d = torch.optim.Adam(params_d, lr=lr, betas=betas)
     g = torch.Generator().manual_seed(seed)
-    hist, start = VideoGANHistory(), time.perf_counter()
+    hist, start = GANHistory(), time.perf_counter()
 
     def frames(video: torch.Tensor) -> torch.Tensor:  # one random frame per clip, for D_I
         pick = torch.randint(0, video.shape[1], (video.shape[0],), generator=g).to(video.device)
@@ -213,7 +202,6 @@ __all__ = [
     "TwoStreamGenerator",
     "VideoDiscriminator",
     "VideoGANConfig",
-    "VideoGANHistory",
     "image_discriminator",
     "mask_l1",
     "train_video_gan",

@@ -62,7 +62,7 @@ class VQVAE3D(nn.Module):
     def quantize(self, z_e: torch.Tensor) -> VQOutput:
         b, d, t, h, w = z_e.shape
         out = self.quantizer(z_e.reshape(b, d, t * h, w))  # time folded into height: (B, D, t*h, w)
-        return VQOutput(out.z_q.reshape(b, d, t, h, w), out.codes.reshape(b, t, h, w), out.loss, out.commitment, out.perplexity)
+        return out._replace(z_q=out.z_q.reshape(b, d, t, h, w), codes=out.codes.reshape(b, t, h, w))
 
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.decoder(z_q)).permute(0, 2, 1, 3, 4)  # (B, C, T, H, W) -> (B, T, C, H, W)
@@ -73,8 +73,10 @@ class VQVAE3D(nn.Module):
 
     @torch.no_grad()
     def encode_codes(self, clips: torch.Tensor) -> torch.Tensor:
-        """(B, T, C, H, W) -> codes (B, t, h, w)."""
-        return self.quantize(self.encoder(clips.permute(0, 2, 1, 3, 4))).codes
+        """(B, T, C, H, W) -> codes (B, t, h, w); the nearest codes only (no losses, no codebook update)."""
+        z_e = self.encoder(clips.permute(0, 2, 1, 3, 4))
+        b, d, t, h, w = z_e.shape
+        return self.quantizer.nearest(z_e.reshape(b, d, t * h, w)).view(b, t, h, w)
 
     @torch.no_grad()
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
@@ -93,9 +95,10 @@ def vq3d_loss(model: VQVAE3D, clips: torch.Tensor) -> tuple[torch.Tensor, dict[s
 
 
 def video_prior(model: VQVAE3D, dim: int = 64, depth: int = 2, heads: int = 4, dropout: float = 0.1) -> CodePrior:
-    """A causal transformer over the flattened code volume (survey eq. 123-124): the code volume (B, t, h, w) is
-    read as a (B, g, g) grid with g^2 = t*h*w, which keeps the (t, h, w) raster order. ``codes_for_prior`` does
-    the reshape."""
+    """A causal transformer over the flattened code volume (survey eq. 123-124). :class:`~genbook.vqvae.CodePrior`
+    flattens its input, so code volumes (B, t, h, w) go in as they are, in (t, h, w) raster order; its config counts
+    positions as grid^2, so t*h*w must be a square (4*4*4 = 8^2 for the default clips). Samples come back as
+    (n, g, g): ``.view(n, *model.grid)``."""
     n = model.grid[0] * model.grid[1] * model.grid[2]
     g = round(n**0.5)
     if g * g != n:
@@ -103,9 +106,4 @@ def video_prior(model: VQVAE3D, dim: int = 64, depth: int = 2, heads: int = 4, d
     return CodePrior(CodePriorConfig(num_codes=model.cfg.num_codes, grid=g, dim=dim, depth=depth, heads=heads, dropout=dropout))
 
 
-def codes_for_prior(codes: torch.Tensor, prior: CodePrior) -> torch.Tensor:
-    """(B, t, h, w) -> (B, g, g) in the same raster order, and back with ``.view(B, t, h, w)``."""
-    return codes.reshape(codes.shape[0], prior.cfg.grid, prior.cfg.grid)
-
-
-__all__ = ["VQVAE3D", "VQVAE3DConfig", "codes_for_prior", "video_prior", "vq3d_loss"]
+__all__ = ["VQVAE3D", "VQVAE3DConfig", "video_prior", "vq3d_loss"]
