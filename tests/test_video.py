@@ -7,6 +7,7 @@ import torch
 
 from genbook import data, video
 from genbook.nets import UNet, UNetConfig
+from genbook.nets.transformer import attend
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +154,42 @@ def test_inflated_model_reproduces_the_image_model():
     moving = torch.randn(2, 5, 3, 8, 8)  # zero-initialized temporal layers: any clip, frame by frame
     torch.testing.assert_close(model(moving, t), torch.stack([image(moving[:, k], t) for k in range(5)], 1), atol=1e-5, rtol=1e-5)
     assert model.image is not image  # the image model is copied, not shared
+
+
+def test_moves_like_data_needs_the_right_speed_and_a_steady_path(clips):
+    real = clips.clips
+    assert video.moves_like_data(real).float().mean() > 0.95
+    assert video.moves_like_data(video.shuffle_frames(real, torch.Generator().manual_seed(0))).float().mean() < 0.1
+    assert not video.moves_like_data(real[:, :1].expand_as(real)).any()  # a still sprite: coherent, but not moving
+    assert not video.moves_like_data(real, data_speed=4.0).any()  # the data's sprites are too slow for 4 px/frame
+    vanished = real.clone()
+    vanished[:, 3] = video.BACKGROUND  # one frame without a sprite fails the clip
+    assert not video.moves_like_data(vanished).any()
+
+
+def test_sprite_colour_is_the_drawn_colour(clips):
+    colour = video.sprite_colour(clips.clips)
+    torch.testing.assert_close(colour, data.COLOURS[clips.colour], atol=1e-5, rtol=0)
+    assert torch.isnan(video.sprite_colour(torch.full((1, 3, 3, 8, 8), video.BACKGROUND))).all()
+
+
+def test_temporal_attention_knows_the_order_of_the_frames():
+    torch.manual_seed(0)
+    layer = video.TemporalAttention(8, heads=2, max_frames=6)
+    with torch.no_grad():
+        layer.out.weight.normal_(0, 0.5)
+    h = torch.randn(5 * 4, 8, 3, 3)  # 4 clips of 5 frames
+    order = torch.tensor([4, 2, 0, 3, 1])
+
+    def permuted(x):  # the same frames of each clip in another order
+        return x.view(4, 5, 8, 3, 3)[:, order].reshape(20, 8, 3, 3)
+
+    # with a zero position bias the layer cannot tell the order: permuting the input permutes the output
+    torch.testing.assert_close(layer(permuted(h), 5), permuted(layer(h, 5)), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        layer.rel_bias.normal_(0, 1.0)
+    assert (layer(permuted(h), 5) - permuted(layer(h, 5))).abs().max() > 1e-2  # with a bias it can
+    with pytest.raises(ValueError, match="max_frames"):
+        layer(torch.randn(7 * 2, 8, 3, 3), 7)
+    with pytest.raises(ValueError, match="not both"):
+        attend(torch.randn(1, 3, 6), 1, causal=True, bias=torch.zeros(1, 3, 3))

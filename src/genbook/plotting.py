@@ -143,16 +143,18 @@ def trajectories(paths: torch.Tensor, ax=None, lim: float = 3.0, max_paths: int 
     return ax
 
 
-def animate_clips(clips: torch.Tensor, interval: int = 200, scale: float = 1.2):
-    """An HTML5 animation of video clips (N, T, C, H, W) in [0, 1], side by side; renders in the book."""
+def animate_clips(clips: torch.Tensor, interval: int = 200, scale: float = 1.2, nrow: int | None = None):
+    """An HTML5 animation of video clips (N, T, C, H, W) in [0, 1], ``nrow`` to a row (default: all in one row);
+    renders in the book."""
     from IPython.display import HTML
     from matplotlib import animation
 
     n, t = clips.shape[:2]
-    fig, ax = plt.subplots(figsize=(scale * n, scale * 1.1))
+    nrow = nrow or n
+    fig, ax = plt.subplots(figsize=(scale * nrow, scale * 1.1 * math.ceil(n / nrow)))
 
     def tile(i: int) -> np.ndarray:
-        grid = mosaic(clips[:, i], nrow=n)  # (H', W', C)
+        grid = mosaic(clips[:, i], nrow=nrow)  # (H', W', C)
         return grid[..., 0] if grid.shape[-1] == 1 else grid  # grey clips as 2-D so the colormap applies
 
     frame = ax.imshow(tile(0), cmap="gray", vmin=0, vmax=1, interpolation="nearest")

@@ -13,12 +13,15 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def attend(qkv: torch.Tensor, heads: int, causal: bool = False, dropout: float = 0.0) -> torch.Tensor:
-    """Multi-head scaled dot-product attention from fused projections: (B, T, 3C) -> (B, T, C), before the output projection."""
+def attend(qkv: torch.Tensor, heads: int, causal: bool = False, dropout: float = 0.0, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Multi-head scaled dot-product attention from fused projections: (B, T, 3C) -> (B, T, C), before the output
+    projection. ``bias`` (nh, T, T) is added to the attention logits (a relative position bias); not with ``causal``."""
+    if causal and bias is not None:
+        raise ValueError("attend takes a causal mask or a bias, not both")
     b, t, c3 = qkv.shape
     c = c3 // 3
     q, k, v = qkv.reshape(b, t, 3, heads, c // heads).permute(2, 0, 3, 1, 4)  # each (B, nh, T, hd)
-    y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout)  # (B, nh, T, hd)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal, dropout_p=dropout)  # (B, nh, T, hd)
     return y.transpose(1, 2).reshape(b, t, c)  # (B, T, C)
 
 

@@ -2,7 +2,16 @@
 motion, VideoGPT's 3-D VQ-VAE and code prior, and a factorized space-time diffusion denoiser inflated from an image
 model. The clips themselves come from :func:`genbook.data.moving_sprites`."""
 
-from genbook.video.coherence import BACKGROUND, acceleration, incoherence, shuffle_frames, speed, track
+from genbook.video.coherence import (
+    BACKGROUND,
+    acceleration,
+    incoherence,
+    moves_like_data,
+    shuffle_frames,
+    speed,
+    sprite_colour,
+    track,
+)
 from genbook.video.denoiser import TemporalAttention, VideoUNet, inflate
 from genbook.video.gans import (
     ContentMotionGenerator,
@@ -32,8 +41,10 @@ __all__ = [
     "incoherence",
     "inflate",
     "mask_l1",
+    "moves_like_data",
     "shuffle_frames",
     "speed",
+    "sprite_colour",
     "track",
     "train_video_gan",
     "video_prior",

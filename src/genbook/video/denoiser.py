@@ -27,14 +27,19 @@ from genbook.nets.transformer import attend
 
 
 class TemporalAttention(nn.Module):
-    """Multi-head self-attention over the T frames at each spatial position, with a residual whose output projection
-    is zero-initialized. Shapes: h (B*T, C, H, W) with ``frames`` = T -> (B*T, C, H, W)."""
+    """Multi-head self-attention over the T frames at each spatial position, with a learned relative position bias
+    per head (Ho et al. 2022) and a residual whose output projection is zero-initialized.
+    Shapes: h (B*T, C, H, W) with ``frames`` = T <= ``max_frames`` -> (B*T, C, H, W).
 
-    def __init__(self, channels: int, heads: int = 4):
+    Without the position bias the layer would be permutation-equivariant in time: it could not tell the first frame
+    from the last, and a model built from it would find a clip and its frame-shuffled copy equally likely."""
+
+    def __init__(self, channels: int, heads: int = 4, max_frames: int = 16):
         super().__init__()
         if channels % heads:
             raise ValueError(f"channels ({channels}) must be divisible by heads ({heads})")
-        self.heads = heads
+        self.heads, self.max_frames = heads, max_frames
+        self.rel_bias = nn.Parameter(torch.zeros(heads, 2 * max_frames - 1))  # bias[h, i - j + max_frames - 1]
         self.norm = nn.LayerNorm(channels)
         self.qkv = nn.Linear(channels, 3 * channels)
         self.out = nn.Linear(channels, channels)
@@ -43,9 +48,13 @@ class TemporalAttention(nn.Module):
 
     def forward(self, h: torch.Tensor, frames: int) -> torch.Tensor:
         bt, c, hh, ww = h.shape
+        if frames > self.max_frames:
+            raise ValueError(f"{frames} frames; this layer was built for at most max_frames={self.max_frames}")
         b = bt // frames
+        ij = torch.arange(frames, device=h.device)
+        bias = self.rel_bias[:, ij[:, None] - ij[None, :] + self.max_frames - 1]  # (nh, T, T)
         seq = h.view(b, frames, c, hh * ww).permute(0, 3, 1, 2).reshape(b * hh * ww, frames, c)  # (B*HW, T, C)
-        y = attend(self.qkv(self.norm(seq)), self.heads)  # (B*HW, T, C)
+        y = attend(self.qkv(self.norm(seq)), self.heads, bias=bias)  # (B*HW, T, C)
         y = self.out(y).view(b, hh * ww, frames, c).permute(0, 2, 3, 1).reshape(bt, c, hh, ww)  # back to (B*T, C, H, W)
         return h + y
 

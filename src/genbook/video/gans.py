@@ -179,14 +179,12 @@ def train_video_gan(
 
     for _ in range(steps):
         real = next(batches)
-        with torch.no_grad():
-            fake, _ = draw(len(real))
-        ld = sum(d_loss(r, f) for r, f in zip(logits(real), logits(fake)))
+        fake, extra = draw(len(real))  # one generator pass serves both updates
+        ld = sum(d_loss(r, f) for r, f in zip(logits(real), logits(fake.detach())))
         opt_d.zero_grad(set_to_none=True)
         ld.backward()
         opt_d.step()
-        fake, extra = draw(len(real))
-        lg = sum(g_loss_nonsaturating(f) for f in logits(fake)) + extra
+        lg = sum(g_loss_nonsaturating(f) for f in logits(fake)) + extra  # judged by the updated discriminators
         opt_g.zero_grad(set_to_none=True)
         lg.backward()
         opt_g.step()
