@@ -99,8 +99,17 @@ def test_video_gan_training_runs_and_discriminators_have_the_right_shapes(clips)
     real = clips.clips * 2 - 1
     assert d_v(real[:5]).shape == (5,) and d_i(real[:5, 0]).shape == (5, 1)
     batches = data.Batches(real, batch_size=16)
-    hist = video.train_video_gan(lambda n: (gen.draw(n), torch.zeros(())), gen.parameters(), d_v, batches, steps=3, d_image=d_i)
+    calls = []
+
+    def draw(n):
+        calls.append(n)
+        return gen.draw(n), torch.zeros(())
+
+    before = [p.clone() for p in gen.parameters()]
+    hist = video.train_video_gan(draw, gen.parameters(), d_v, batches, steps=3, d_image=d_i)
     assert len(hist.d_loss) == 3 and all(math.isfinite(v) for v in hist.d_loss + hist.g_loss)
+    assert calls == [16, 16, 16]  # one generator pass per step serves both updates
+    assert all(not torch.equal(a, b) for a, b in zip(before, gen.parameters()))  # and the generator did learn
 
 
 def test_vqvae3d_codes_decode_to_the_forward_reconstruction_and_feed_the_prior(clips):
@@ -167,6 +176,29 @@ def test_moves_like_data_needs_the_right_speed_and_a_steady_path(clips):
     assert not video.moves_like_data(vanished).any()
 
 
+def test_summary_is_the_four_measures_from_one_tracking_pass(clips):
+    x = clips.clips.clone()
+    x[:4, 5] = video.BACKGROUND  # four clips lose their sprite in one frame
+    s = video.summary(x)
+    assert s["incoherence"] == pytest.approx(video.incoherence(x).mean().item())
+    assert s["speed"] == pytest.approx(video.speed(x).nanmedian().item())
+    assert s["moves like data"] == pytest.approx(video.moves_like_data(x).float().mean().item())
+    assert s["untracked frames"] == pytest.approx(4 / (64 * 8))
+    assert not torch.isnan(video.speed(x)).any()  # a clip's speed comes from its tracked steps
+
+
+def test_temporal_attention_in_chunks_equals_one_pass():
+    torch.manual_seed(0)
+    layer = video.TemporalAttention(8, heads=2)
+    with torch.no_grad():
+        layer.out.weight.normal_(0, 0.5)
+        layer.rel_bias.normal_(0, 1.0)
+    h = torch.randn(3 * 4, 8, 5, 5)
+    whole = layer(h, 4)
+    layer.chunk = 7  # 75 sequences in 11 chunks
+    torch.testing.assert_close(layer(h, 4), whole, atol=1e-6, rtol=1e-6)
+
+
 def test_sprite_colour_is_the_drawn_colour(clips):
     colour = video.sprite_colour(clips.clips)
     torch.testing.assert_close(colour, data.COLOURS[clips.colour], atol=1e-5, rtol=0)
@@ -186,9 +218,20 @@ def test_temporal_attention_knows_the_order_of_the_frames():
 
     # with a zero position bias the layer cannot tell the order: permuting the input permutes the output
     torch.testing.assert_close(layer(permuted(h), 5), permuted(layer(h, 5)), atol=1e-5, rtol=1e-5)
+    # a large bias at offset i - j = +1 makes every frame attend to the frame before it: with q = k = 0, v = identity
+    # and an identity output projection, frame i's update is the normalized features of frame i - 1
     with torch.no_grad():
-        layer.rel_bias.normal_(0, 1.0)
-    assert (layer(permuted(h), 5) - permuted(layer(h, 5))).abs().max() > 1e-2  # with a bias it can
+        layer.qkv.weight.zero_()
+        layer.qkv.bias.zero_()
+        layer.qkv.weight[16:].copy_(torch.eye(8))  # v = LN(h)
+        layer.out.weight.copy_(torch.eye(8))
+        layer.out.bias.zero_()
+        layer.rel_bias.zero_()
+        layer.rel_bias[:, layer.max_frames] = 30.0  # index i - j + max_frames - 1 with i - j = 1
+    update = (layer(h, 5) - h).view(4, 5, 8, 9).transpose(2, 3)  # (clips, frames, positions, C)
+    normed = layer.norm(h.view(4, 5, 8, 9).transpose(2, 3))
+    torch.testing.assert_close(update[:, 1:], normed[:, :-1], atol=1e-4, rtol=1e-4)
+    assert (update[:, 1:] - normed[:, 1:]).abs().max() > 0.1  # not its own frame, and not the next one
     with pytest.raises(ValueError, match="max_frames"):
         layer(torch.randn(7 * 2, 8, 3, 3), 7)
     with pytest.raises(ValueError, match="not both"):

@@ -10,6 +10,7 @@ from genbook.video.coherence import (
     shuffle_frames,
     speed,
     sprite_colour,
+    summary,
     track,
 )
 from genbook.video.denoiser import TemporalAttention, VideoUNet, inflate
@@ -45,6 +46,7 @@ __all__ = [
     "shuffle_frames",
     "speed",
     "sprite_colour",
+    "summary",
     "track",
     "train_video_gan",
     "video_prior",

@@ -38,7 +38,7 @@ class TemporalAttention(nn.Module):
         super().__init__()
         if channels % heads:
             raise ValueError(f"channels ({channels}) must be divisible by heads ({heads})")
-        self.heads, self.max_frames = heads, max_frames
+        self.heads, self.max_frames, self.chunk = heads, max_frames, 32768
         self.rel_bias = nn.Parameter(torch.zeros(heads, 2 * max_frames - 1))  # bias[h, i - j + max_frames - 1]
         self.norm = nn.LayerNorm(channels)
         self.qkv = nn.Linear(channels, 3 * channels)
@@ -54,7 +54,10 @@ class TemporalAttention(nn.Module):
         ij = torch.arange(frames, device=h.device)
         bias = self.rel_bias[:, ij[:, None] - ij[None, :] + self.max_frames - 1]  # (nh, T, T)
         seq = h.view(b, frames, c, hh * ww).permute(0, 3, 1, 2).reshape(b * hh * ww, frames, c)  # (B*HW, T, C)
-        y = attend(self.qkv(self.norm(seq)), self.heads, bias=bias)  # (B*HW, T, C)
+        qkv = self.qkv(self.norm(seq))  # (B*HW, T, 3C)
+        # in chunks: CUDA's attention kernels put this batch in a grid dimension capped at 65535 (1000 clips of
+        # 16 x 16 would be 256,000 sequences)
+        y = torch.cat([attend(part, self.heads, bias=bias) for part in qkv.split(self.chunk)])  # (B*HW, T, C)
         y = self.out(y).view(b, hh * ww, frames, c).permute(0, 2, 3, 1).reshape(bt, c, hh, ww)  # back to (B*T, C, H, W)
         return h + y
 

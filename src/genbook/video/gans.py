@@ -70,9 +70,13 @@ class TwoStreamGenerator(nn.Module):
         b = torch.tanh(self.bg(self.bg_in(z).view(-1, 2 * w, s4, s4)))  # (B, C, H, W)
         return f, m, b
 
+    @staticmethod
+    def compose(f: torch.Tensor, m: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Survey eq. 113: m * f + (1 - m) * b, the background broadcast over time. -> (B, T, C, H, W)."""
+        return m * f + (1 - m) * b[:, None]
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        f, m, b = self.parts(z)
-        return m * f + (1 - m) * b[:, None]  # eq. 113, b broadcast over time
+        return self.compose(*self.parts(z))
 
 
 def mask_l1(m: torch.Tensor) -> torch.Tensor:
