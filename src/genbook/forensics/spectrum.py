@@ -1,0 +1,71 @@
+"""Spectral artifacts of upsampling and a detector on them (chapter 9, C9.1-C9.2; survey section 9.5, eq. 129).
+
+| name in code | symbol |
+| ------------ | ------ |
+| ``images``   | (N, C, H, W) in [0, 1]; colour is averaged to grey before the transform |
+| ``spectrum`` | the azimuthally averaged log power spectrum, (N, R): bin r averages |F(u, v)|^2 over r <= |(u, v)| < r + 1 |
+
+Durall et al. (2020) show that transposed convolutions and upsampling leave periodic traces that stand out at high
+frequencies of the 2-D discrete Fourier transform. Averaging the power over rings of equal frequency turns each
+image into a short 1-D profile on which even a linear classifier separates real from generated images, and a
+penalty that pulls the generator's profile towards the real one (eq. 129) removes much of the trace.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _rings(h: int, w: int, device) -> tuple[torch.Tensor, int]:
+    """Radial bin of each frequency of a centred (fftshift-ed) H x W spectrum, flattened, and the number of bins, out
+    to the corners: the checkerboard of a stride-2 transposed convolution sits at the corner frequency (H/2, W/2)."""
+    fy = torch.arange(h, device=device) - h // 2
+    fx = torch.arange(w, device=device) - w // 2
+    r = (fy[:, None] ** 2 + fx[None, :] ** 2).float().sqrt().floor().long().flatten()  # (H*W,)
+    return r, int(r.max()) + 1
+
+
+def azimuthal_spectrum(images: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """log |DFT|^2 of each (grey) image, averaged over rings of equal spatial frequency: (N, C, H, W) -> (N, R),
+    bin r holding the frequencies with r <= |(u, v)| < r + 1, from bin 0 (the mean brightness) out to the corner
+    frequency (R = 23 bins for 32 x 32 images, 12 for 16 x 16).
+    Differentiable, so it can serve as a training loss. Chapter 9, "Spectral artifacts"."""
+    if images.dim() != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    grey = images.float().mean(1)  # (N, H, W)
+    h, w = grey.shape[-2:]
+    power = torch.fft.fftshift(torch.fft.fft2(grey), dim=(-2, -1)).abs().pow(2)  # (N, H, W), zero frequency centred
+    r, bins = _rings(h, w, grey.device)
+    onehot = torch.zeros(bins, h * w, device=grey.device)
+    onehot[r, torch.arange(h * w, device=grey.device)] = 1.0  # (R, H*W): which ring each frequency falls in
+    return torch.log(power.flatten(1) + eps) @ onehot.T / onehot.sum(1)  # (N, R)
+
+
+def spectral_loss(fake: torch.Tensor, real_spectrum: torch.Tensor) -> torch.Tensor:
+    """L_spectral of eq. 129: the squared distance between the batch's mean azimuthal log spectrum and the real
+    images' (R,), averaged over bins. (Durall et al. compare normalized spectra with a cross-entropy; a squared
+    distance on log spectra is the same idea in its simplest form.) Add lambda times this to the generator's loss."""
+    return (azimuthal_spectrum(fake).mean(0) - real_spectrum).pow(2).mean()
+
+
+def spectrum_detector(real: torch.Tensor, fake: torch.Tensor):
+    """Fit a standardized logistic regression on the azimuthal spectra of real (label 0) and generated (label 1)
+    images, (N, C, H, W) each; returns the fitted scikit-learn pipeline (``predict`` on spectra)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = torch.cat([azimuthal_spectrum(real), azimuthal_spectrum(fake)]).detach().cpu().numpy()
+    y = [0] * len(real) + [1] * len(fake)
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x, y)
+
+
+def detector_accuracy(detector, real: torch.Tensor, fake: torch.Tensor) -> float:
+    """Share of images a spectrum detector labels correctly (real as 0, generated as 1), on balanced or unbalanced
+    sets alike (each image counts once)."""
+    pr = detector.predict(azimuthal_spectrum(real).detach().cpu().numpy())
+    pf = detector.predict(azimuthal_spectrum(fake).detach().cpu().numpy())
+    return float(((pr == 0).sum() + (pf == 1).sum()) / (len(pr) + len(pf)))
+
+
+__all__ = ["azimuthal_spectrum", "detector_accuracy", "spectral_loss", "spectrum_detector"]

@@ -1,0 +1,167 @@
+"""Chapter 9's forensics: spectra, copy-move, PRNU, DIRE and watermarks."""
+
+import copy
+import itertools
+import math
+import random
+
+import pytest
+import torch
+
+from genbook import forensics
+from genbook.diffusion import cosine_schedule
+
+
+def test_spectrum_of_a_sinusoid_peaks_at_its_frequency():
+    size = 32
+    x = torch.arange(size).float()
+    for k in (3, 7, 12):
+        image = (0.5 + 0.4 * torch.cos(2 * math.pi * k * x / size)).expand(size, size)[None, None]  # vertical stripes
+        spec = forensics.azimuthal_spectrum(image)[0]
+        assert spec.shape == (23,)  # rings out to the corner, radius 16 sqrt(2)
+        assert int(spec[1:].argmax()) + 1 == k  # bin 0 is the mean brightness
+    diagonal = 0.5 + 0.4 * torch.cos(2 * math.pi * 5 * (x[:, None] + x[None, :]) / size)  # frequency (5, 5): radius 7.07
+    assert int(forensics.azimuthal_spectrum(diagonal[None, None])[0, 1:].argmax()) + 1 == 7
+    with pytest.raises(ValueError, match="N, C, H, W"):
+        forensics.azimuthal_spectrum(image[0])
+
+
+def test_spectral_loss_is_zero_on_the_real_spectrum_and_has_gradients():
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(16, 1, 16, 16, generator=g)
+    target = forensics.azimuthal_spectrum(real).mean(0)
+    assert forensics.spectral_loss(real, target).item() < 1e-10
+    fake = torch.rand(16, 1, 16, 16, generator=g).requires_grad_(True)
+    loss = forensics.spectral_loss(fake * 0.5, target)
+    loss.backward()
+    assert loss.item() > 0.01 and fake.grad.abs().sum() > 0
+
+
+def test_spectrum_detector_finds_a_periodic_trace():
+    g = torch.Generator().manual_seed(0)
+    x = torch.arange(16).float()
+    checker = 0.03 * torch.cos(math.pi * x)[:, None] * torch.cos(math.pi * x)[None, :]  # a faint checkerboard (corner)
+    real = forensics.scenes(200, 16, seed=1)[:, None]
+    fake = (forensics.scenes(200, 16, seed=2)[:, None] + checker).clamp(0, 1)
+    det = forensics.spectrum_detector(real[:100], fake[:100])
+    assert forensics.detector_accuracy(det, real[100:], fake[100:]) > 0.95
+    shuffled = forensics.spectrum_detector(real[:100], forensics.scenes(100, 16, seed=3)[:, None])  # no trace to find
+    assert forensics.detector_accuracy(shuffled, real[100:], forensics.scenes(100, 16, seed=4)[:, None]) < 0.75
+    del g
+
+
+def test_copy_move_finds_a_planted_duplicate_and_nothing_in_a_clean_image():
+    image = forensics.scenes(1, 48, seed=0, smoothness=1.0)[0]
+    forged = image.clone()
+    forged[30:42, 28:40] = image[5:17, 4:16]  # copy a 12 x 12 region 25 down, 24 right
+    found = forensics.copy_move(forged)
+    assert found.shift == (25, 24) and found.count >= 50
+    assert found.mask[5:17, 4:16].all() and found.mask[30:42, 28:40].all()
+    assert found.mask.float().mean() < 0.2  # and not much else
+    clean = forensics.copy_move(image)
+    assert clean.shift is None and not clean.mask.any()
+    noisy = (forged + 0.002 * torch.randn(forged.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    assert forensics.copy_move(noisy, quant=0.05).shift == (25, 24)  # robust to faint noise after the paste
+
+
+def test_prnu_matches_pictures_to_the_camera_that_took_them():
+    cams = forensics.cameras(4, 32, seed=0)
+    g = torch.Generator().manual_seed(1)
+    patterns = [forensics.fingerprint(c.shoot(forensics.scenes(40, 32, seed=10 + i), g)) for i, c in enumerate(cams)]
+    hits = 0
+    for i, c in enumerate(cams):
+        test = c.shoot(forensics.scenes(20, 32, seed=100 + i), g)
+        rho = torch.stack([forensics.correlation(test, p) for p in patterns], 1)  # (20, cameras)
+        hits += (rho.argmax(1) == i).sum().item()
+        assert rho[:, i].mean() > 3 * rho[:, [j for j in range(4) if j != i]].abs().mean()
+    assert hits / 80 > 0.95
+
+
+def test_binomial_fpr_matches_a_direct_count():
+    k = 10
+    signature = [random.Random(0).randint(0, 1) for _ in range(k)]
+    for threshold in (0, 5, 8, 10):
+        count = sum(sum(b == s for b, s in zip(bits, signature)) >= threshold for bits in itertools.product((0, 1), repeat=k))
+        assert forensics.binomial_fpr(k, threshold) == pytest.approx(count / 2**k, abs=1e-15)
+    assert forensics.binomial_fpr(48, 48) == 2.0**-48
+    with pytest.raises(ValueError, match="threshold"):
+        forensics.binomial_fpr(8, 9)
+
+
+def test_distortions_and_the_extractor_reads_any_crop():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 1, 16, 16, generator=g)
+    cropped = forensics.distort(x, "crop", 0.5, g)
+    assert cropped.shape == (3, 1, 16, 16) and not torch.allclose(cropped, x)  # a quarter of the image, scaled back up
+    assert torch.equal(forensics.distort(x, "none", 0.0), x)
+    torch.testing.assert_close(forensics.distort(x, "brightness", 0.8), 0.8 * x)
+    with pytest.raises(ValueError, match="unknown distortion"):
+        forensics.distort(x, "jpeg", 0.5)
+    ext = forensics.WatermarkExtractor(8, width=8)
+    assert ext(x).shape == (3, 8) and ext(forensics.distort(x, "crop", 0.6, g)).shape == (3, 8)
+    rng = random.Random(0)
+    changed = [not torch.equal(forensics.random_distortion(x, rng, g), x) for _ in range(40)]
+    assert 20 < sum(changed) < 40  # most draws distort, "none" leaves some alone
+
+
+def test_encoder_and_extractor_learn_to_carry_bits():
+    torch.manual_seed(0)
+    bits = 8
+    enc, ext = forensics.WatermarkEncoder(bits, size=16, width=16), forensics.WatermarkExtractor(bits, width=16)
+    opt = torch.optim.Adam([*enc.parameters(), *ext.parameters()], lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    images = forensics.scenes(256, 16, seed=0)[:, None]
+    for _ in range(150):
+        x = images[torch.randint(0, 256, (32,), generator=g)]
+        m = torch.randint(0, 2, (32, bits), generator=g)
+        loss = forensics.message_loss(ext(forensics.embed(enc, x, m, alpha=0.05)), m)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    m = torch.randint(0, 2, (64, bits), generator=g)
+    with torch.no_grad():
+        marked = forensics.embed(enc, images[:64], m, alpha=0.05)
+        acc = forensics.bit_accuracy(ext(marked), m).mean().item()
+        chance = forensics.bit_accuracy(ext(images[:64]), m).mean().item()  # unmarked images carry no message
+    assert (marked - images[:64]).abs().max() <= 0.05 + 1e-6  # alpha bounds the change (tanh residual)
+    assert acc > 0.9 and abs(chance - 0.5) < 0.15
+
+
+def test_signature_loss_trains_the_decoder_only():
+    torch.manual_seed(0)
+    decoder = torch.nn.Sequential(torch.nn.Linear(4, 256), torch.nn.Unflatten(1, (1, 16, 16)), torch.nn.Sigmoid())
+    original = copy.deepcopy(decoder).requires_grad_(False)
+    ext = forensics.WatermarkExtractor(8, width=8).requires_grad_(False)
+    signature = torch.randint(0, 2, (8,)).float()
+    loss, logs = forensics.signature_loss(decoder, original, ext, torch.randn(5, 4), signature, weight=2.0)
+    loss.backward()
+    assert decoder[0].weight.grad is not None and all(p.grad is None for p in ext.parameters())
+    assert loss.item() == pytest.approx(logs["message"] + 2.0 * logs["image"], rel=1e-5)
+
+
+def gaussian_eps(scale):
+    """The exact noise predictor for data N(0, scale^2 I) under the cosine schedule (a linear map of x_t)."""
+    sched = cosine_schedule(100)
+
+    def eps_fn(x, t, y=None):
+        ab = sched.alpha_bar[t].float().view(-1, *([1] * (x.dim() - 1)))
+        return (1 - ab).sqrt() * x / (ab * scale**2 + 1 - ab)
+
+    return sched, eps_fn
+
+
+def test_dire_round_trip_returns_generated_images_and_auc_is_mann_whitney():
+    sched, eps_fn = gaussian_eps(0.3)
+    g = torch.Generator().manual_seed(0)
+    x_gen = forensics.reconstruct(eps_fn, sched, 0.3 * torch.randn(64, 1, 8, 8, generator=g), steps=50, clip_x0=None)
+    assert x_gen.shape == (64, 1, 8, 8)
+    err = forensics.dire(eps_fn, sched, x_gen, steps=50, clip_x0=None)
+    assert err.shape == (64,) and err.mean() < 0.1 * x_gen.abs().mean()  # the round trip nearly returns the image
+    coarse = forensics.dire(eps_fn, sched, x_gen, steps=10, clip_x0=None)
+    assert coarse.mean() > 2 * err.mean()  # what is left is DDIM's discretization error
+    from sklearn.metrics import roc_auc_score
+
+    pos, neg = torch.randn(50, generator=g) + 1, torch.randn(70, generator=g)
+    pos[:5] = neg[:5]  # ties count half
+    want = roc_auc_score([1] * 50 + [0] * 70, torch.cat([pos, neg]).numpy())
+    assert forensics.auc(pos, neg) == pytest.approx(want, abs=1e-12)
