@@ -336,7 +336,7 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     if sigma <= 0:
         return images
     radius = max(1, math.ceil(3 * sigma))
-    t = torch.arange(-radius, radius + 1, dtype=images.dtype)
+    t = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
     k1 = torch.exp(-(t**2) / (2 * sigma**2))
     k1 = k1 / k1.sum()
     c = images.shape[1]

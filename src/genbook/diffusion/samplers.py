@@ -144,10 +144,16 @@ def ddim_sample(
 
 @torch.no_grad()
 def ddim_invert(
-    eps_fn: EpsFn, sched: Schedule, x0: torch.Tensor, steps: int | list[int] = 50, y: torch.Tensor | None = None
+    eps_fn: EpsFn,
+    sched: Schedule,
+    x0: torch.Tensor,
+    steps: int | list[int] = 50,
+    y: torch.Tensor | None = None,
+    clip_x0: float | None = None,
 ) -> torch.Tensor:
     """Run deterministic DDIM backwards, x_0 -> x_T, reusing eps_theta at the next step's time: the latent that
-    ``ddim_sample(..., eta=0, x_T=...)`` maps back to (approximately) x0. Used by DIRE in chapter 9."""
+    ``ddim_sample(..., eta=0, x_T=...)`` maps back to (approximately) x0. ``clip_x0`` clips each x0 estimate as the
+    sampler does. Used by DIRE in chapter 9."""
     taus = list(reversed(ddim_steps(sched.T, steps) if isinstance(steps, int) else list(steps)))  # increasing
     x = x0.clone()
     ab_prev = _alpha_bar_at(sched, -1, x0)  # clean data
@@ -156,6 +162,8 @@ def ddim_invert(
         ab = _alpha_bar_at(sched, t, x)
         eps = eps_fn(x, tt, y)
         x0_hat = (x - (1 - ab_prev).sqrt() * eps) / ab_prev.sqrt()
+        if clip_x0 is not None:
+            x0_hat = x0_hat.clamp(-clip_x0, clip_x0)
         x = ab.sqrt() * x0_hat + (1 - ab).sqrt() * eps
         ab_prev = ab
     return x

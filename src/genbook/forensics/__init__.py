@@ -2,7 +2,7 @@
 detection, PRNU camera fingerprints on simulated sensors, DIRE, and invisible watermarks with a signed decoder."""
 
 from genbook.forensics.copy_move import CopyMoveResult, copy_move
-from genbook.forensics.dire import auc, dire, reconstruct
+from genbook.forensics.dire import dire, reconstruct
 from genbook.forensics.prnu import Camera, cameras, correlation, fingerprint, residual, scenes
 from genbook.forensics.spectrum import azimuthal_spectrum, detector_accuracy, spectral_loss, spectrum_detector
 from genbook.forensics.watermark import (
@@ -24,7 +24,6 @@ __all__ = [
     "CopyMoveResult",
     "WatermarkEncoder",
     "WatermarkExtractor",
-    "auc",
     "azimuthal_spectrum",
     "binomial_fpr",
     "bit_accuracy",

@@ -5,7 +5,7 @@ survey section 9.2).
 | ------------ | ------ |
 | ``blocks``   | every b x b block of the (grey) image, one row each, (L, b*b), L = (H - b + 1)(W - b + 1) |
 | ``coeffs``   | each block's first principal-component coefficients, quantized |
-| ``shift``    | the offset (dy, dx) from a block to its duplicate |
+| ``shift``    | the offset (dy, dx) between a block and its duplicate, signed so that dy > 0, or dy = 0 and dx > 0 |
 
 A region copied and pasted elsewhere in the same image produces pairs of identical blocks. Sorting the blocks'
 (quantized, PCA-reduced) descriptions lexicographically puts identical blocks next to each other; a copy-move shows
@@ -23,9 +23,9 @@ import torch.nn.functional as F
 
 @dataclass
 class CopyMoveResult:
-    shift: tuple[int, int] | None  # (dy, dx) from the source block to its copy, None when nothing was found
+    shift: tuple[int, int] | None  # (dy, dx) between the two regions (which one is the copy cannot be told), or None
     count: int  # neighbouring block pairs with that shift
-    mask: torch.Tensor  # (H, W) bool: pixels covered by the matched blocks (source and copy)
+    mask: torch.Tensor  # (H, W) bool on the CPU: pixels covered by the matched blocks, both regions
 
 
 def copy_move(
@@ -40,7 +40,7 @@ def copy_move(
     """Find a duplicated region in one image (C, H, W) or (H, W) in [0, 1]. Blocks flatter than ``min_std`` are
     skipped (a flat sky matches itself everywhere); pairs closer than ``min_offset`` pixels are neighbours, not
     copies. The most frequent shift is reported when at least ``min_count`` block pairs share it."""
-    grey = image.float().mean(0) if image.dim() == 3 else image.float()
+    grey = (image.float().mean(0) if image.dim() == 3 else image.float()).detach().cpu()  # sorting runs in numpy
     h, w = grey.shape
     blocks = F.unfold(grey[None, None], block).squeeze(0).T  # (L, b*b)
     ys, xs = torch.meshgrid(torch.arange(h - block + 1), torch.arange(w - block + 1), indexing="ij")

@@ -32,8 +32,8 @@ class Camera:
 
     def shoot(self, scenes: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """(N, H, W) scenes -> (N, H, W) photographs taken with this camera."""
-        noise = torch.randn(scenes.shape, generator=generator)
-        return (scenes * (1 + self.gain) + self.read_noise * noise).clamp(0, 1)
+        noise = torch.randn(scenes.shape, generator=generator).to(scenes.device)
+        return (scenes * (1 + self.gain.to(scenes.device)) + self.read_noise * noise).clamp(0, 1)
 
 
 def cameras(n: int, size: int, strength: float = 0.03, read_noise: float = 0.01, seed: int = 0) -> list[Camera]:

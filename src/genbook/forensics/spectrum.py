@@ -3,7 +3,7 @@
 | name in code | symbol |
 | ------------ | ------ |
 | ``images``   | (N, C, H, W) in [0, 1]; colour is averaged to grey before the transform |
-| ``spectrum`` | the azimuthally averaged log power spectrum, (N, R): bin r averages |F(u, v)|^2 over r <= |(u, v)| < r + 1 |
+| ``spectrum`` | the azimuthally averaged log power spectrum, (N, R): bin r averages log |F(u, v)|^2 over r <= |(u, v)| < r + 1 |
 
 Durall et al. (2020) show that transposed convolutions and upsampling leave periodic traces that stand out at high
 frequencies of the 2-D discrete Fourier transform. Averaging the power over rings of equal frequency turns each
@@ -35,10 +35,10 @@ def azimuthal_spectrum(images: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     grey = images.float().mean(1)  # (N, H, W)
     h, w = grey.shape[-2:]
     power = torch.fft.fftshift(torch.fft.fft2(grey), dim=(-2, -1)).abs().pow(2)  # (N, H, W), zero frequency centred
-    r, bins = _rings(h, w, grey.device)
-    onehot = torch.zeros(bins, h * w, device=grey.device)
-    onehot[r, torch.arange(h * w, device=grey.device)] = 1.0  # (R, H*W): which ring each frequency falls in
-    return torch.log(power.flatten(1) + eps) @ onehot.T / onehot.sum(1)  # (N, R)
+    r, bins = _rings(h, w, grey.device)  # the ring of each frequency, (H*W,)
+    log_power = torch.log(power.flatten(1) + eps)  # (N, H*W)
+    sums = torch.zeros(len(grey), bins, device=grey.device, dtype=log_power.dtype).index_add(1, r, log_power)
+    return sums / torch.bincount(r, minlength=bins).to(log_power.dtype)  # (N, R)
 
 
 def spectral_loss(fake: torch.Tensor, real_spectrum: torch.Tensor) -> torch.Tensor:

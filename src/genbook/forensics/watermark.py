@@ -29,13 +29,14 @@ DISTORTIONS = ("none", "crop", "noise", "blur", "brightness")
 
 
 class WatermarkEncoder(nn.Module):
-    """W_E: (image (B, C, H, W), message (B, K)) -> residual delta (B, C, H, W) in [-1, 1]. The message is spread
-    over the image by a linear map, then mixed with the image by a few convolutions (so the mark can hide in texture)."""
+    """W_E: (image (B, C, H, W), message (B, K)) -> residual delta (B, C, H, W) in [-1, 1]. The message becomes a
+    coarse 4-channel map (a quarter of the image's size, upsampled smoothly, so that cropping and rescaling move it
+    only a little), which a few convolutions mix with the image (so the mark can follow its texture)."""
 
     def __init__(self, bits: int, channels: int = 1, size: int = 16, width: int = 32):
         super().__init__()
         self.size = size
-        self.spread = nn.Linear(bits, 4 * size * size)
+        self.spread = nn.Linear(bits, 4 * (size // 4) ** 2)  # a coarse code, smooth once upsampled: it survives crops
         self.mix = nn.Sequential(
             nn.Conv2d(channels + 4, width, 3, padding=1), nn.ReLU(),
             nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
@@ -43,7 +44,10 @@ class WatermarkEncoder(nn.Module):
         )  # fmt: skip
 
     def forward(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        code = self.spread(2 * m.float() - 1).view(-1, 4, self.size, self.size)  # bits as -1/+1
+        if x.shape[-2:] != (self.size, self.size):
+            raise ValueError(f"this encoder was built for {self.size} x {self.size} images, got {tuple(x.shape[-2:])}")
+        code = self.spread(2 * m.float() - 1).view(-1, 4, self.size // 4, self.size // 4)  # bits as -1/+1
+        code = F.interpolate(code, size=(self.size, self.size), mode="bilinear", align_corners=False)
         return self.mix(torch.cat([x, code], 1))
 
 
@@ -78,11 +82,11 @@ def distort(x: torch.Tensor, kind: str, strength: float, generator: torch.Genera
         left = int(torch.randint(0, w - cw + 1, (1,), generator=generator))
         return F.interpolate(x[..., top : top + ch, left : left + cw], size=(h, w), mode="bilinear", align_corners=False)
     if kind == "noise":
-        return x + strength * torch.randn(x.shape, generator=generator).to(x.device)
+        return (x + strength * torch.randn(x.shape, generator=generator).to(x.device)).clamp(0, 1)  # saved as an image
     if kind == "blur":
         return gaussian_blur(x, strength)
     if kind == "brightness":
-        return x * strength
+        return (x * strength).clamp(0, 1)
     raise ValueError(f"unknown distortion {kind!r}; choose one of {DISTORTIONS}")
 
 
@@ -121,18 +125,18 @@ def signature_loss(
     decoder: nn.Module, original: nn.Module, extractor: nn.Module, z: torch.Tensor, signature: torch.Tensor, weight: float
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """L = L_m + lambda_i L_i (eq. 136) for fine-tuning a decoder D_m: the extractor must read ``signature`` (K,) from
-    D_m(z), and D_m(z) must stay close (mean squared error) to the frozen original decoder's D(z) (eq. 135)."""
+    D_m(z), and D_m(z) must stay close (mean squared error) to the original decoder's D(z) (eq. 135). Both decoders
+    return images in the extractor's scale ([0, 1]); only ``decoder``'s parameters should be in the optimizer (the
+    original runs without gradients; freeze the extractor with ``requires_grad_(False)`` to save its backward pass)."""
     x_sig = decoder(z)
     with torch.no_grad():
         x_orig = original(z)
     logits = extractor(x_sig)
-    lm = message_loss(logits, signature.expand_as(logits))
+    target = signature.to(logits).expand_as(logits)
+    lm = message_loss(logits, target)
     li = F.mse_loss(x_sig, x_orig)
-    return lm + weight * li, {
-        "message": lm.item(),
-        "image": li.item(),
-        "bits": bit_accuracy(logits, signature.expand_as(logits)).mean().item(),
-    }
+    logs = torch.stack([lm.detach(), li.detach(), bit_accuracy(logits.detach(), target).mean()]).tolist()  # one sync
+    return lm + weight * li, dict(zip(("message", "image", "bits"), logs))
 
 
 __all__ = [
