@@ -495,3 +495,21 @@ def test_dcgan_discriminator_with_minibatch_std_sees_batch_spread():
     x = torch.randn(4, 1, 8, 8)
     same = torch.cat([x[:1], x[:1].repeat(3, 1, 1, 1)])
     assert not torch.allclose(d(x)[0], d(same)[0])
+
+
+def test_train_gan_adds_the_generator_penalty():
+    """g_penalty(fake) joins the generator's loss: a strong pull of the samples towards the point (5, 5) moves them there,
+    and the recorded generator loss includes the penalty."""
+    torch.manual_seed(0)
+    G, D = _mlps()
+    target = torch.tensor([5.0, 5.0])
+    hist = train_gan(G, D, _batches(), steps=60, z_dim=Z_DIM, lr=1e-2, g_penalty=lambda fake: 10 * (fake - target).pow(2).mean())
+    with torch.no_grad():
+        pulled = G(torch.randn(256, Z_DIM)).mean(0)
+    assert (pulled - target).abs().max() < 1.0
+    torch.manual_seed(0)
+    G0, D0 = _mlps()
+    train_gan(G0, D0, _batches(), steps=60, z_dim=Z_DIM, lr=1e-2)
+    with torch.no_grad():
+        assert (G0(torch.randn(256, Z_DIM)).mean(0) - target).abs().max() > 3.0  # without it the samples stay near the data
+    assert hist.g_loss[0] > 200  # the first loss carries the penalty: samples start near 0, so about 10 * 25

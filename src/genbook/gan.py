@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -173,12 +174,14 @@ def train_gan(
     conditional: bool = False,
     acgan: bool = False,
     generator_rng: torch.Generator | None = None,
+    g_penalty: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> GANHistory:
     """Alternate ``n_critic`` discriminator steps and one generator step (survey Box 3 and Box 4).
 
     ``batches`` yields real images (or (images, labels) when ``conditional``). The losses are the
     ones named in :data:`LOSSES`; ``r1_gamma`` adds gamma/2 R1 (eq. 41) to the discriminator's loss;
-    ``acgan`` adds the class cross-entropies L_C of eq. 44-45 to both players.
+    ``acgan`` adds the class cross-entropies L_C of eq. 44-45 to both players. ``g_penalty(fake)`` is added to the
+    generator's loss on its batch (chapter 9's spectral regularization, eq. 129).
     """
     if loss not in LOSSES:
         raise ValueError(f"unknown GAN loss {loss!r}; valid losses are {', '.join(LOSSES)}")
@@ -224,8 +227,11 @@ def train_gan(
             opt_d.step()
             if loss == "wgan-clip":
                 clip_weights(discriminator, clip_value)
-        fake_out, fake_cls = judge(call(generator, draw(len(real)), y), y)
+        fake = call(generator, draw(len(real)), y)
+        fake_out, fake_cls = judge(fake, y)
         lg = {"nonsaturating": g_loss_nonsaturating, "minimax": g_loss_minimax}.get(loss, wgan_g_loss)(fake_out)
+        if g_penalty is not None:
+            lg = lg + g_penalty(fake)
         if acgan:
             lg = lg + F.cross_entropy(fake_cls, y)
         opt_g.zero_grad(set_to_none=True)

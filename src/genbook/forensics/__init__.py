@@ -4,7 +4,14 @@ detection, PRNU camera fingerprints on simulated sensors, DIRE, and invisible wa
 from genbook.forensics.copy_move import CopyMoveResult, copy_move
 from genbook.forensics.dire import dire, reconstruct
 from genbook.forensics.prnu import Camera, cameras, correlation, fingerprint, residual, scenes
-from genbook.forensics.spectrum import azimuthal_spectrum, detector_accuracy, spectral_loss, spectrum_detector
+from genbook.forensics.spectrum import (
+    azimuthal_spectrum,
+    detector_accuracy,
+    mean_spectrum,
+    ring_power,
+    spectral_loss,
+    spectrum_detector,
+)
 from genbook.forensics.watermark import (
     DISTORTIONS,
     WatermarkEncoder,
@@ -35,10 +42,12 @@ __all__ = [
     "distort",
     "embed",
     "fingerprint",
+    "mean_spectrum",
     "message_loss",
     "random_distortion",
     "reconstruct",
     "residual",
+    "ring_power",
     "scenes",
     "signature_loss",
     "spectral_loss",

@@ -3,7 +3,7 @@
 | name in code | symbol |
 | ------------ | ------ |
 | ``images``   | (N, C, H, W) in [0, 1]; colour is averaged to grey before the transform |
-| ``spectrum`` | the azimuthally averaged log power spectrum, (N, R): bin r averages log |F(u, v)|^2 over r <= |(u, v)| < r + 1 |
+| ``spectrum`` | the log of the azimuthally averaged power spectrum, (N, R): bin r averages |F(u, v)|^2 over r <= |(u, v)| < r + 1 |
 
 Durall et al. (2020) show that transposed convolutions and upsampling leave periodic traces that stand out at high
 frequencies of the 2-D discrete Fourier transform. Averaging the power over rings of equal frequency turns each
@@ -25,27 +25,37 @@ def _rings(h: int, w: int, device) -> tuple[torch.Tensor, int]:
     return r, int(r.max()) + 1
 
 
-def azimuthal_spectrum(images: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """log |DFT|^2 of each (grey) image, averaged over rings of equal spatial frequency: (N, C, H, W) -> (N, R),
-    bin r holding the frequencies with r <= |(u, v)| < r + 1, from bin 0 (the mean brightness) out to the corner
-    frequency (R = 23 bins for 32 x 32 images, 12 for 16 x 16).
-    Differentiable, so it can serve as a training loss. Chapter 9, "Spectral artifacts"."""
+def ring_power(images: torch.Tensor) -> torch.Tensor:
+    """|DFT|^2 of each (grey) image averaged over rings of equal spatial frequency: (N, C, H, W) -> (N, R), bin r
+    holding the frequencies with r <= |(u, v)| < r + 1, from bin 0 (the mean brightness) out to the corner
+    frequency (R = 23 bins for 32 x 32 images, 12 for 16 x 16). Differentiable."""
     if images.dim() != 4:
         raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
     grey = images.float().mean(1)  # (N, H, W)
     h, w = grey.shape[-2:]
-    power = torch.fft.fftshift(torch.fft.fft2(grey), dim=(-2, -1)).abs().pow(2)  # (N, H, W), zero frequency centred
+    power = torch.fft.fftshift(torch.fft.fft2(grey), dim=(-2, -1)).abs().pow(2).flatten(1)  # (N, H*W), zero frequency centred
     r, bins = _rings(h, w, grey.device)  # the ring of each frequency, (H*W,)
-    log_power = torch.log(power.flatten(1) + eps)  # (N, H*W)
-    sums = torch.zeros(len(grey), bins, device=grey.device, dtype=log_power.dtype).index_add(1, r, log_power)
-    return sums / torch.bincount(r, minlength=bins).to(log_power.dtype)  # (N, R)
+    sums = torch.zeros(len(grey), bins, device=grey.device, dtype=power.dtype).index_add(1, r, power)
+    return sums / torch.bincount(r, minlength=bins).to(power.dtype)  # (N, R)
+
+
+def azimuthal_spectrum(images: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """log of :func:`ring_power`, one 1-D profile per image: (N, C, H, W) -> (N, R). The features of the spectrum
+    detector. Chapter 9, "Spectral artifacts"."""
+    return torch.log(ring_power(images) + eps)
+
+
+def mean_spectrum(images: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """log of the ring power averaged over a batch, (N, C, H, W) -> (R,): a set of images' spectrum."""
+    return torch.log(ring_power(images).mean(0) + eps)
 
 
 def spectral_loss(fake: torch.Tensor, real_spectrum: torch.Tensor) -> torch.Tensor:
-    """L_spectral of eq. 129: the squared distance between the batch's mean azimuthal log spectrum and the real
-    images' (R,), averaged over bins. (Durall et al. compare normalized spectra with a cross-entropy; a squared
-    distance on log spectra is the same idea in its simplest form.) Add lambda times this to the generator's loss."""
-    return (azimuthal_spectrum(fake).mean(0) - real_spectrum).pow(2).mean()
+    """L_spectral of eq. 129: the squared distance between the generated batch's :func:`mean_spectrum` and the real
+    images' (R,), averaged over the rings. The batch is averaged before the log: the outer rings hold a handful of
+    frequencies whose per-image power can be nearly zero, and the log of that would dominate the gradient. (Durall
+    et al. compare normalized spectra with a cross-entropy; this is the same idea in its simplest form.)"""
+    return (mean_spectrum(fake) - real_spectrum).pow(2).mean()
 
 
 def spectrum_detector(real: torch.Tensor, fake: torch.Tensor):
@@ -68,4 +78,4 @@ def detector_accuracy(detector, real: torch.Tensor, fake: torch.Tensor) -> float
     return float(((pr == 0).sum() + (pf == 1).sum()) / (len(pr) + len(pf)))
 
 
-__all__ = ["azimuthal_spectrum", "detector_accuracy", "spectral_loss", "spectrum_detector"]
+__all__ = ["azimuthal_spectrum", "detector_accuracy", "mean_spectrum", "ring_power", "spectral_loss", "spectrum_detector"]
