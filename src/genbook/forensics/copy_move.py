@@ -69,11 +69,12 @@ def copy_move(
     if counts[best] < min_count:
         return CopyMoveResult(None, int(counts[best]), empty.mask)
     dy, dx = (int(v) for v in values[best])
-    mask = torch.zeros(h, w, dtype=torch.bool)
-    for y, x in src[(shift == values[best]).all(1)].tolist():  # mark each matched block and its copy
-        mask[y : y + block, x : x + block] = True
-        mask[y + dy : y + dy + block, x + dx : x + dx + block] = True
-    return CopyMoveResult((dy, dx), int(counts[best]), mask)
+    corners = src[(shift == values[best]).all(1)]  # top-left corners of the matched source blocks
+    seeds = torch.zeros(h, w)
+    seeds[corners[:, 0], corners[:, 1]] = 1.0
+    seeds[corners[:, 0] + dy, corners[:, 1] + dx] = 1.0  # and of their copies
+    cover = F.conv_transpose2d(seeds[None, None], torch.ones(1, 1, block, block))[0, 0, :h, :w]  # each corner -> its block
+    return CopyMoveResult((dy, dx), int(counts[best]), cover > 0)
 
 
 __all__ = ["CopyMoveResult", "copy_move"]

@@ -58,6 +58,11 @@ def spectral_loss(fake: torch.Tensor, real_spectrum: torch.Tensor) -> torch.Tens
     return (mean_spectrum(fake) - real_spectrum).pow(2).mean()
 
 
+def _features(images: torch.Tensor):
+    """The detector's input: azimuthal spectra as a numpy array (N, R)."""
+    return azimuthal_spectrum(images).detach().cpu().numpy()
+
+
 def spectrum_detector(real: torch.Tensor, fake: torch.Tensor):
     """Fit a standardized logistic regression on the azimuthal spectra of real (label 0) and generated (label 1)
     images, (N, C, H, W) each; returns the fitted scikit-learn pipeline (``predict`` on spectra)."""
@@ -65,7 +70,7 @@ def spectrum_detector(real: torch.Tensor, fake: torch.Tensor):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    x = torch.cat([azimuthal_spectrum(real), azimuthal_spectrum(fake)]).detach().cpu().numpy()
+    x = _features(torch.cat([real, fake]))
     y = [0] * len(real) + [1] * len(fake)
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x, y)
 
@@ -73,8 +78,7 @@ def spectrum_detector(real: torch.Tensor, fake: torch.Tensor):
 def detector_accuracy(detector, real: torch.Tensor, fake: torch.Tensor) -> float:
     """Share of images a spectrum detector labels correctly (real as 0, generated as 1), on balanced or unbalanced
     sets alike (each image counts once)."""
-    pr = detector.predict(azimuthal_spectrum(real).detach().cpu().numpy())
-    pf = detector.predict(azimuthal_spectrum(fake).detach().cpu().numpy())
+    pr, pf = detector.predict(_features(real)), detector.predict(_features(fake))
     return float(((pr == 0).sum() + (pf == 1).sum()) / (len(pr) + len(pf)))
 
 
