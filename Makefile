@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard chapters/*.ipynb))
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install book test test-unit test-notebooks test-book execute lint format clean distclean
+.PHONY: help install book student test test-unit test-notebooks test-book execute lint format clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -24,6 +24,9 @@ $(STAMP): requirements.txt pyproject.toml tools/install_torch.py
 
 book: $(STAMP) ## build the HTML book into _build/html from the committed notebooks (no execution)
 	$(VENV)/bin/jupyter-book build . $(BOOKFLAGS)
+
+student: $(STAMP) ## student copies of the chapters in _student/chapters/: solutions replaced by empty cells, outputs cleared
+	$(PY) tools/make_student.py --out _student
 
 test: $(STAMP) ## everything CI runs: lint, unit tests, notebooks (fast profile, nbval), book with warnings as errors
 	$(MAKE) lint

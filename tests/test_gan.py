@@ -338,6 +338,16 @@ def test_train_gan_each_loss(loss):
     assert not G.training and not D.training
 
 
+def test_train_gan_wall_clock_budget():
+    """seconds= stops training when the time is up (chapter 10's equal budgets); without any budget it refuses."""
+    G, D = _mlps()
+    hist = train_gan(G, D, _batches(), seconds=0.3, z_dim=Z_DIM)
+    assert len(hist.g_loss) >= 2 and 0.3 <= hist.seconds < 2.0
+    assert len(train_gan(G, D, _batches(), steps=3, seconds=60, z_dim=Z_DIM).g_loss) == 3  # whichever runs out first
+    with pytest.raises(ValueError, match="budget"):
+        train_gan(G, D, _batches(), z_dim=Z_DIM)
+
+
 def test_train_gan_rejects_unknown_loss():
     """An unknown loss name raises ValueError naming it."""
     G, D = _mlps()

@@ -162,8 +162,8 @@ def train_gan(
     generator: nn.Module,
     discriminator: nn.Module,
     batches,
-    steps: int,
-    z_dim: int,
+    steps: int | None = None,
+    z_dim: int = 32,
     loss: str = "nonsaturating",
     r1_gamma: float = 0.0,
     n_critic: int = 1,
@@ -175,14 +175,18 @@ def train_gan(
     acgan: bool = False,
     generator_rng: torch.Generator | None = None,
     g_penalty: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    seconds: float | None = None,
 ) -> GANHistory:
     """Alternate ``n_critic`` discriminator steps and one generator step (survey Box 3 and Box 4).
 
     ``batches`` yields real images (or (images, labels) when ``conditional``). The losses are the
     ones named in :data:`LOSSES`; ``r1_gamma`` adds gamma/2 R1 (eq. 41) to the discriminator's loss;
     ``acgan`` adds the class cross-entropies L_C of eq. 44-45 to both players. ``g_penalty(fake)`` is added to the
-    generator's loss on its batch (chapter 9's spectral regularization, eq. 129).
+    generator's loss on its batch (chapter 9's spectral regularization, eq. 129). The budget is ``steps`` generator
+    steps, ``seconds`` of wall-clock time (chapter 10's equal budgets), or whichever runs out first.
     """
+    if steps is None and seconds is None:
+        raise ValueError("train_gan needs a budget: steps=..., seconds=..., or both")
     if loss not in LOSSES:
         raise ValueError(f"unknown GAN loss {loss!r}; valid losses are {', '.join(LOSSES)}")
     if acgan and not conditional:
@@ -208,7 +212,9 @@ def train_gan(
 
     generator.train()
     discriminator.train()
-    for _ in range(steps):
+    step = 0
+    while (steps is None or step < steps) and (seconds is None or time.perf_counter() - start < seconds):
+        step += 1
         for _ in range(n_critic):
             batch = next(batches)
             real, y = batch if conditional else (batch, None)
