@@ -44,13 +44,19 @@ def test_leaks_are_found_and_parameters_are_not_leaks():
         cells=[
             new_markdown_cell("# T"),
             new_code_cell("x = 1"),
-            solution("answer = x + 1\ns = 2"),
+            solution("answer = x + 1\ns = 2\ncount = 0\ne = 5\nk = 1"),
             new_code_cell("print(answer)"),  # breaks without the solution
-            new_code_cell("f = lambda s: s + x\nanswer = 3\nprint(answer)"),  # parameter s and a rebinding: fine
-            new_code_cell("print(answer, s)"),  # answer is kept now; s is still the solution's
+            new_code_cell("f = lambda s: s + x\nanswer = 3\nprint(answer)"),  # a parameter and a rebinding: fine
+            new_code_cell("print(answer, s)"),  # answer is kept now; s is still only the solution's
+            new_code_cell("count += 1"),  # an augmented assignment reads count first
+            new_code_cell("def g():\n    local = 1\n    return local\nprint(k)\nk = 2"),  # read before the cell binds k
+            new_code_cell("try:\n    pass\nexcept ValueError as e:\n    print(e)\nsquares = [j * j for j in range(3)]"),
+            new_code_cell("print(local, j)"),  # names local to a function and a comprehension are not the cell's
         ]
     )
-    assert make_student.solution_leaks(nb) == [(3, "answer"), (5, "s")]
+    assert make_student.solution_leaks(nb) == [(3, "answer"), (5, "s"), (6, "count"), (7, "k")]
+    with pytest.raises(SyntaxError, match="cell 1"):
+        make_student.solution_leaks(new_notebook(cells=[new_markdown_cell("# T"), new_code_cell("x = = 1")]))
 
 
 def test_main_writes_copies_and_refuses_a_broken_one(tmp_path):

@@ -120,6 +120,24 @@ def test_ema_update_is_convex_combination():
     assert not any(p.requires_grad for p in ema.model.parameters())
 
 
+def test_ema_warmup_uses_the_smaller_early_decay():
+    """With warmup the first updates follow (1 + n) / (10 + n): 0.1 at n = 0, then 2/11, ...; the set decay caps it."""
+    model = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = EMA(model, decay=0.5, warmup=True)
+    for n, target in enumerate([1.0, 2.0, 3.0]):
+        with torch.no_grad():
+            model.weight.fill_(target)
+        before = ema.model.weight.item()
+        ema.update(model)
+        d = min(0.5, (1 + n) / (10 + n))
+        assert ema.model.weight.item() == pytest.approx(d * before + (1 - d) * target)
+    plain = EMA(model, decay=0.5)
+    plain.update(model)
+    assert plain.model.weight.item() == pytest.approx(3.0)  # no warmup, and the copy already equals the model
+
+
 def test_ema_rejects_bad_decay():
     """An EMA decay outside [0, 1) raises ValueError."""
     with pytest.raises(ValueError, match="decay"):

@@ -54,46 +54,109 @@ def student_copy(nb):
     return out
 
 
-def _parse(source: str) -> ast.Module | None:
+def _parse(source: str) -> ast.Module:
     lines = [ln for ln in source.splitlines() if not ln.lstrip().startswith(("%", "!"))]  # IPython magics
-    try:
-        return ast.parse("\n".join(lines))
-    except SyntaxError:
-        return None
+    return ast.parse("\n".join(lines))  # a SyntaxError is the caller's to report
 
 
-def _names(source: str) -> tuple[set[str], set[str], set[str]]:
-    """Names a cell binds (assignments, defs, imports, loop targets), its functions' parameters (local to the cell),
-    and the names it reads, anywhere in it."""
-    tree = _parse(source)
-    if tree is None:
-        return set(), set(), set()
-    defined, params, used = set(), set(), set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name):
-            (defined if isinstance(node.ctx, ast.Store) else used).add(node.id)
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            defined.add(node.name)
-        elif isinstance(node, ast.arg):
-            params.add(node.arg)
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            defined.update((a.asname or a.name).split(".")[0] for a in node.names)
-    return defined, params, used
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+
+
+def _bound_here(node: ast.AST) -> set[str]:
+    """Names bound in ``node``'s own scope (not in the functions, classes and comprehensions nested in it)."""
+    names: set[str] = set()
+
+    def visit(n: ast.AST, top: bool) -> None:
+        if not top and isinstance(n, _SCOPES):
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(n.name)  # the definition binds its name here; its body is another scope
+            return
+        if isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del)):
+            names.add(n.id)
+        elif isinstance(n, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in n.names)
+        elif isinstance(n, ast.ExceptHandler) and n.name:
+            names.add(n.name)
+        elif isinstance(n, ast.arg):
+            names.add(n.arg)
+        for child in ast.iter_child_nodes(n):
+            visit(child, False)
+
+    visit(node, True)
+    return names
+
+
+def _free_reads(node: ast.AST) -> set[str]:
+    """Names ``node`` reads from the enclosing (cell-level) scope: loads, minus what a nested function, lambda or
+    comprehension binds for itself. An augmented assignment ``x += 1`` reads x."""
+    if isinstance(node, _SCOPES):
+        inner = set().union(*(_free_reads(c) for c in ast.iter_child_nodes(node)))
+        own = _bound_here(node)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            own.discard(node.name)
+        return inner - own
+    reads = {node.id} if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) else set()
+    if isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
+        reads.add(node.target.id)
+    return reads.union(*(_free_reads(c) for c in ast.iter_child_nodes(node)))
+
+
+def _run(stmts: list[ast.stmt], cell: int, kept: set[str], solution: set[str], leaks: list[tuple[int, str]]) -> None:
+    """Walk a kept cell's statements in execution order (a loop or an except clause binds before its body reads),
+    recording reads of names only a solution defined and adding the cell's own bindings to ``kept``."""
+
+    def read(node: ast.AST) -> None:
+        leaks.extend((cell, n) for n in sorted(_free_reads(node) - kept) if n in solution and (cell, n) not in leaks)
+
+    def bind(node: ast.AST) -> None:
+        kept.update(_bound_here(ast.Module(body=[node], type_ignores=[])) if isinstance(node, ast.stmt) else _bound_here(node))
+
+    for st in stmts:
+        if isinstance(st, (ast.For, ast.AsyncFor)):
+            read(st.iter)
+            bind(st.target)
+            _run(st.body + st.orelse, cell, kept, solution, leaks)
+        elif isinstance(st, (ast.With, ast.AsyncWith)):
+            for item in st.items:
+                read(item.context_expr)
+                if item.optional_vars is not None:
+                    bind(item.optional_vars)
+            _run(st.body, cell, kept, solution, leaks)
+        elif isinstance(st, ast.Try):
+            _run(st.body, cell, kept, solution, leaks)
+            for h in st.handlers:
+                if h.type is not None:
+                    read(h.type)
+                if h.name:
+                    kept.add(h.name)
+                _run(h.body, cell, kept, solution, leaks)
+            _run(st.orelse + st.finalbody, cell, kept, solution, leaks)
+        elif isinstance(st, (ast.If, ast.While)):
+            read(st.test)
+            _run(st.body + st.orelse, cell, kept, solution, leaks)
+        else:
+            read(st)
+            bind(st)  # a def binds its name, not its locals
 
 
 def solution_leaks(nb) -> list[tuple[int, str]]:
-    """(cell index, name) for each name that a kept cell reads although only solution cells above it define it:
-    the places where the student copy would raise NameError. Names the cell defines itself do not count."""
+    """(cell index, name) for each name that a kept cell reads, statement by statement in order, although at that
+    point only a solution cell above has defined it: where the student copy would raise NameError. Approximate in
+    one direction only: a name read inside a function counts as read where the function is defined, and a solution
+    that changes an object other cells use (retraining a model, say) is not seen. A cell that does not parse
+    raises SyntaxError."""
     by_kept, by_solution, leaks = set(dir(builtins)), set(), []
     for i, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
             continue
-        defined, params, used = _names(cell.source)
+        try:
+            tree = _parse(cell.source)
+        except SyntaxError as exc:
+            raise SyntaxError(f"cell {i} does not parse, so its names cannot be checked: {exc}") from None
         if is_solution(cell):
-            by_solution |= defined
+            by_solution |= _bound_here(tree)
             continue
-        leaks += [(i, name) for name in sorted(used - defined - params - by_kept) if name in by_solution]
-        by_kept |= defined
+        _run(tree.body, i, by_kept, by_solution, leaks)
     return leaks
 
 
@@ -115,7 +178,12 @@ def main(argv: list[str] | None = None) -> int:
         print("no notebooks found: run from the repository root or name them", file=sys.stderr)
         return 2
     books = {p: nbformat.read(p, as_version=4) for p in paths}
-    problems = [f"{p}: cell {i} uses {name!r}, which only a solution defines" for p, nb in books.items() for i, name in solution_leaks(nb)]
+    problems = []
+    for p, nb in books.items():
+        try:
+            problems += [f"{p}: cell {i} uses {name!r}, which only a solution defines" for i, name in solution_leaks(nb)]
+        except SyntaxError as exc:
+            problems.append(f"{p}: {exc}")
     if problems:
         print("student copies would break; define these outside the solutions:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1
