@@ -11,7 +11,17 @@ from torch import nn
 
 from genbook.data import Batches
 from genbook.nets import MLP
-from genbook.train import EMA, CheckpointMismatch, History, config_hash, fit, load_checkpoint, save_checkpoint
+from genbook.train import (
+    EMA,
+    CheckpointMismatch,
+    History,
+    config_hash,
+    fit,
+    fit_or_load,
+    load_checkpoint,
+    save_checkpoint,
+    weights_hash,
+)
 
 
 def mse(model, batch):
@@ -186,7 +196,8 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
     cfg = TinyConfig()
     path = save_checkpoint(tmp_path / "ckpt.pt", _make(cfg), cfg)
     payload = torch.load(path, weights_only=True)
-    assert set(payload) == {"state_dict", "config", "config_hash", "extra"}
+    assert set(payload) == {"state_dict", "config", "config_hash", "weights_hash", "extra"}
+    assert payload["weights_hash"] == weights_hash(payload["state_dict"])
     assert payload["config"] == {"width": 8, "hidden": [16], "name": "tiny"}
     assert payload["config_hash"] == config_hash(cfg)
 
@@ -208,6 +219,51 @@ def test_checkpoint_with_other_weights_raises_mismatch(tmp_path):
     with pytest.raises(CheckpointMismatch, match="weights") as info:
         load_checkpoint(path, MLP(3, 8, hidden=(16,)), cfg)
     assert isinstance(info.value, ValueError)
+
+
+def test_damaged_checkpoint_is_refused(tmp_path):
+    """A checkpoint whose weights no longer match the hash saved with them is refused, naming the damage."""
+    cfg = TinyConfig()
+    path = save_checkpoint(tmp_path / "ckpt.pt", _make(cfg), cfg)
+    payload = torch.load(path, weights_only=True)
+    next(iter(payload["state_dict"].values())).add_(1.0)  # a changed weight under the old hash
+    torch.save(payload, path)
+    with pytest.raises(CheckpointMismatch, match="damaged"):
+        load_checkpoint(path, _make(cfg), cfg)
+
+
+def test_fit_or_load_trains_once_then_loads_and_refuses_another_config(tmp_path, monkeypatch):
+    """Without a folder it only trains; with GENBOOK_CHECKPOINTS it trains and saves, then loads the same weights
+    instead of training; a different config is refused with the differing field named, and nothing is overwritten."""
+    cfg, calls = TinyConfig(), []
+
+    def train_into(model):
+        def train():
+            calls.append(1)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.normal_()
+            return 0.25
+
+        return train
+
+    monkeypatch.delenv("GENBOOK_CHECKPOINTS", raising=False)
+    plain = _make(cfg)
+    assert fit_or_load("tiny", plain, cfg, train_into(plain))["source"] == "trained" and not list(tmp_path.iterdir())
+    monkeypatch.setenv("GENBOOK_CHECKPOINTS", str(tmp_path))
+    first = _make(cfg)
+    info = fit_or_load("tiny", first, cfg, train_into(first))
+    assert info["source"] == "trained" and info["path"] == tmp_path / "tiny.pt" and info["result"] == 0.25
+    second = _make(cfg)
+    info = fit_or_load("tiny", second, cfg, train_into(second))
+    assert info["source"] == "loaded" and len(calls) == 2 and info["result"] == 0.25 and "train_seconds" in info
+    x = torch.randn(4, 2)
+    assert torch.equal(first(x), second(x))
+    before = (tmp_path / "tiny.pt").read_bytes()
+    other = replace(cfg, width=9)
+    with pytest.raises(CheckpointMismatch, match="width"):
+        fit_or_load("tiny", _make(other), other, train_into(_make(other)))
+    assert len(calls) == 2 and (tmp_path / "tiny.pt").read_bytes() == before
 
 
 def test_load_missing_checkpoint_raises_file_not_found(tmp_path):

@@ -203,14 +203,26 @@ def config_hash(config: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def weights_hash(state_dict: dict[str, torch.Tensor]) -> str:
+    """A content hash of a model's weights (names, dtypes, shapes and bytes), to tell a damaged or swapped file."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: Any, **extra: float | int | str) -> Path:
-    """Write weights, config (as JSON-safe data) and its hash; the file appears only when complete."""
+    """Write weights, config (as JSON-safe data), the config's hash and the weights' hash; the file appears only
+    when complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "state_dict": model.state_dict(),
         "config": _config_dict(config),
         "config_hash": config_hash(config),
+        "weights_hash": weights_hash(model.state_dict()),
         "extra": dict(extra),
     }
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -235,8 +247,38 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, config: Any) -> d
         diff = sorted(k for k in set(want) | set(have) if want.get(k, "<missing>") != have.get(k, "<missing>"))
         details = ", ".join(f"{k}: checkpoint {have.get(k, '<missing>')!r} vs model {want.get(k, '<missing>')!r}" for k in diff)
         raise CheckpointMismatch(f"checkpoint {path} was trained with a different config ({details}); retrain or pass its config")
+    if "weights_hash" in payload and weights_hash(payload["state_dict"]) != payload["weights_hash"]:
+        raise CheckpointMismatch(f"checkpoint {path} is damaged: its weights do not match the hash saved with them; delete it and retrain")
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
         raise CheckpointMismatch(f"checkpoint {path} does not fit this model's weights: {exc}") from exc
     return payload.get("extra", {})
+
+
+def fit_or_load(name: str, model: nn.Module, config: Any, train: Callable[[], Any], directory: str | os.PathLike | None = None) -> dict:
+    """Train ``model`` by calling ``train()``, or load it instead when a checkpoint folder holds one.
+
+    The folder is ``directory`` or, when that is None, the ``GENBOOK_CHECKPOINTS`` environment variable; without
+    either this is just ``train()``. With a folder, ``DIR/NAME.pt`` is loaded when it exists (its config must equal
+    ``config``: otherwise :class:`CheckpointMismatch` names the fields that differ, and nothing is trained or
+    overwritten), and written after training when it does not. Loading never unpickles code (``weights_only``).
+    Returns ``{"source": "loaded" | "trained", "path": Path | None, "seconds": float, **extra}``, where ``extra``
+    holds what was saved with the checkpoint (the training seconds, and ``train()``'s result if it is a number).
+    """
+    folder = directory if directory is not None else os.environ.get("GENBOOK_CHECKPOINTS") or None
+    path = Path(folder) / f"{name}.pt" if folder is not None else None
+    if path is not None and path.exists():
+        start = time.perf_counter()
+        extra = load_checkpoint(path, model, config)
+        model.eval()
+        return {"source": "loaded", "path": path, "seconds": time.perf_counter() - start, **extra}
+    start = time.perf_counter()
+    result = train()
+    seconds = time.perf_counter() - start
+    extra: dict[str, float] = {"train_seconds": seconds}
+    if isinstance(result, (int, float)) and not isinstance(result, bool):
+        extra["result"] = float(result)
+    if path is not None:
+        save_checkpoint(path, model, config, **extra)
+    return {"source": "trained", "path": path, "seconds": seconds, **extra}
