@@ -39,11 +39,10 @@ def student_copy(nb):
     a note under the title, and no outputs."""
     out = copy.deepcopy(nb)
     cells = []
-    for cell in nb.cells:
+    for cell in out.cells:
         if is_solution(cell):
             cells.append(new_code_cell(PLACEHOLDER, metadata={"tags": ["exercise"]}))
             continue
-        cell = copy.deepcopy(cell)
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
             cell.metadata.pop("execution", None)

@@ -19,7 +19,6 @@ Runs on the CPU in a few minutes at the ``fast`` budget and on one GPU at any si
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -75,18 +74,7 @@ class _Split:
 
 def snap(x01: torch.Tensor) -> torch.Tensor:
     """Images in [0, 1] snapped to the digits' 17 levels, on the CPU: every family is scored on the data's own grid."""
-    return (x01.clamp(0, 1) * (LEVELS - 1)).round().cpu() / (LEVELS - 1)
-
-
-def _timed(fn, *args):
-    """(fn(*args), seconds), with CUDA synchronized on both sides so GPU work is counted."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    out = fn(*args)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return out, time.perf_counter() - start
+    return data.to_unit(data.quantize(x01.cpu()))
 
 
 # ----------------------------------------------------------------------------- the six recipes
@@ -270,8 +258,9 @@ def compare(
         name, model, params, train_s, steps, sample, nll, nfe = RECIPES[family](split, seconds, seed, progress)
         model.eval()
         sample(2, torch.Generator().manual_seed(seed))  # warm-up: allocation and kernel selection stay out of the timing
-        images, sample_s = _timed(sample, n, torch.Generator().manual_seed(seed + 1))
-        images = snap(images)
+        with metrics.Timer() as timer:  # synchronizes CUDA, so GPU work is counted
+            images = sample(n, torch.Generator().manual_seed(seed + 1))
+        sample_s, images = timer.seconds, snap(images)
         nats, kind = nll()
         precision, recall = metrics.precision_recall_digits(images)
         fd = metrics.fd_digits(images)
