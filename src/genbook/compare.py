@@ -12,6 +12,10 @@ stay fixed whatever the budget, so a longer budget trains the same models longer
 chapters: the diffusion and flow-matching averages (EMA) warm up, since an equal budget gives those slow-stepping
 models only a few hundred steps, and the GAN's parameter count is its generator's.
 
+With ``GENBOOK_CHECKPOINTS=DIR`` set, a family whose checkpoint ``DIR/FAMILY-digits.pt`` exists (written by
+``python -m genbook train FAMILY --out DIR``, or by an earlier run of this function) is loaded instead of trained,
+and its row reports the training that checkpoint had.
+
 Runs on the CPU in a few minutes at the ``fast`` budget and on one GPU at any size:
 ``python -c "from genbook import compare; print(compare.markdown_table(compare.compare(seconds=60)))"``.
 """
@@ -19,18 +23,19 @@ Runs on the CPU in a few minutes at the ``fast`` budget and on one GPU at any si
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from genbook import autoregressive as ar
-from genbook import data, flows, gan, metrics, vae
+from genbook import data, flows, gan, metrics, recipes, vae
 from genbook import diffusion as dif
 from genbook import flow_matching as fm
 from genbook.flows.cnf import ode_log_prob
-from genbook.nets import DCGANDiscriminator, DCGANGenerator, UNet, UNetConfig, count_parameters
-from genbook.train import EMA, fit
+from genbook.nets import count_parameters
+from genbook.train import EMA, fit, fit_or_load
 
 FAMILIES = ("VAE", "GAN", "flow", "autoregressive", "diffusion", "flow matching")
 LEVELS = data.DIGIT_LEVELS
@@ -59,6 +64,7 @@ class Row:
     samples: torch.Tensor = field(repr=False)
     model: torch.nn.Module | None = field(default=None, repr=False)
     sample: Callable[[int, torch.Generator], torch.Tensor] | None = field(default=None, repr=False)
+    source: str = "trained"  # or "loaded": a checkpoint from GENBOOK_CHECKPOINTS (train.fit_or_load)
 
     @property
     def bpd(self) -> float | None:
@@ -77,154 +83,122 @@ def snap(x01: torch.Tensor) -> torch.Tensor:
     return data.to_unit(data.quantize(x01.cpu()))
 
 
-# ----------------------------------------------------------------------------- the six recipes
-# Each returns (model name, trained model, params, train seconds, steps, sample(n, g) -> [0, 1], nll() -> (nats, kind), nfe).
+# ----------------------------------------------------------------------------- training and scoring each family
+# The networks and samplers are ``genbook.recipes``'s; what follows is how chapter 10 trains each one for a
+# wall-clock budget (as its chapter does: early stopping on the validation digits where the chapter uses it) and
+# how it measures each one's likelihood.
 
 
 IWAE_K = 200  # importance samples for the VAE's bound (chapter 2 used 500: about 0.4 nats tighter, 2.5x the time)
+DIFFUSION_T, DDIM_STEPS, HEUN_STEPS = recipes.DIFFUSION_T, recipes.DDIM_STEPS, recipes.HEUN_STEPS
 
 
-def _vae(s: _Split, seconds: float, seed: int, progress: bool):
-    torch.manual_seed(seed)
-    m = vae.VAE(vae.VAEConfig(latent_dim=16, decoder="autoregressive", ar_condition="spatial")).to(s.train.device)
-    params = count_parameters(m)
-    h = fit(m, vae.vae_loss, data.Batches(s.train, batch_size=64, seed=seed), seconds=seconds, lr=2e-3, progress=progress,
-            eval_fn=lambda m: vae.negative_elbo(m, s.val, samples=1).mean().item(), eval_every=125, desc="VAE")  # fmt: skip
-
-    def nll():
-        torch.manual_seed(seed)
-        return vae.iwae_bound(m, s.test, IWAE_K).mean().item(), "bound"
-
-    return "VAE, autoregressive decoder (ch. 2)", m, params, h.seconds, h.steps, lambda n, g: m.sample(n, generator=g), nll, DIMS
+def _fitted(h) -> dict[str, float]:
+    return {"train_seconds": h.seconds, "train_steps": h.steps}
 
 
-def _gan(s: _Split, seconds: float, seed: int, progress: bool):
-    torch.manual_seed(seed)
-    G = DCGANGenerator(z_dim=32, size=8, width=32).to(s.train.device)  # noqa: N806 - the papers' names
-    D = DCGANDiscriminator(size=8, width=32, minibatch_std=True).to(s.train.device)  # noqa: N806
-    params = count_parameters(G)
+def _train_vae(nets, s: _Split, seconds: float, seed: int, progress: bool):
+    h = fit(nets["net"], vae.vae_loss, data.Batches(s.train, batch_size=64, seed=seed), seconds=seconds, lr=2e-3,
+            progress=progress, eval_fn=lambda m: vae.negative_elbo(m, s.val, samples=1).mean().item(), eval_every=125,
+            desc="VAE")  # fmt: skip
+    return _fitted(h)
+
+
+def _train_gan(nets, s: _Split, seconds: float, seed: int, progress: bool):
     batches = data.Batches(data.to_unit(s.train) * 2 - 1, batch_size=64, seed=seed)
-    h = gan.train_gan(G, D, batches, seconds=seconds, z_dim=32, r1_gamma=1.0, betas=(0.0, 0.99))
-
-    @torch.no_grad()
-    def sample(n, g):
-        return (G(torch.randn(n, 32, generator=g).to(s.train.device)) + 1) / 2
-
-    return "DCGAN, minibatch std + R1 (ch. 3)", G, params, h.seconds, len(h.g_loss), sample, lambda: (None, "none"), 1
+    h = gan.train_gan(nets["net"], nets["disc"], batches, seconds=seconds, z_dim=recipes.GAN_Z, r1_gamma=1.0, betas=(0.0, 0.99))
+    return {"train_seconds": h.seconds, "train_steps": len(h.g_loss)}
 
 
-def _flow(s: _Split, seconds: float, seed: int, progress: bool):
-    torch.manual_seed(seed)
-    f = flows.digits_flow(flows.DigitsFlowConfig(coupling="affine", width=32)).to(s.train.device)
+def _train_flow(nets, s: _Split, seconds: float, seed: int, progress: bool):
+    f = nets["net"]
     flows.initialize(f, s.train)
-    params = count_parameters(f)
     h = fit(f, flows.nll_loss, data.Batches(s.train, batch_size=128, seed=seed), seconds=seconds, lr=1e-3, amp=False,
             progress=progress, eval_fn=lambda m: flows.evaluate_nll(m, s.val, draws=2).nats, eval_every=50, desc="flow")  # fmt: skip
-
-    def sample(n, g):
-        return data.to_unit(flows.sample_digits(f, n, generator=g))
-
-    return (
-        "RealNVP-style flow (ch. 4)",
-        f,
-        params,
-        h.seconds,
-        h.steps,
-        sample,
-        lambda: (flows.evaluate_nll(f, s.test, seed=seed).nats, "bound"),
-        1,
-    )
+    return _fitted(h)
 
 
-def _autoregressive(s: _Split, seconds: float, seed: int, progress: bool):
-    torch.manual_seed(seed)
-    p = ar.GatedPixelCNN(ar.PixelCNNConfig(channels=32, layers=5, dropout=0.1)).to(s.train.device)
-    params = count_parameters(p)
-
+def _train_pixelcnn(nets, s: _Split, seconds: float, seed: int, progress: bool):
     @torch.no_grad()
     def val_nll(m):
         return ar.pixel_nll(m, s.val).mean().item()
 
-    h = fit(p, ar.pixel_loss, data.Batches(s.train, batch_size=64, seed=seed), seconds=seconds, lr=2e-3, progress=progress,
-            eval_fn=val_nll, eval_every=50, desc="PixelCNN")  # fmt: skip
-
-    @torch.no_grad()
-    def nll():
-        return ar.pixel_nll(p, s.test).mean().item(), "exact"
-
-    def sample(n, g):
-        return data.to_unit(ar.sample_pixels(p, n, generator=g))
-
-    return "gated PixelCNN (ch. 5)", p, params, h.seconds, h.steps, sample, nll, DIMS
+    h = fit(nets["net"], ar.pixel_loss, data.Batches(s.train, batch_size=64, seed=seed), seconds=seconds, lr=2e-3,
+            progress=progress, eval_fn=val_nll, eval_every=50, desc="PixelCNN")  # fmt: skip
+    return _fitted(h)
 
 
-DIFFUSION_T, DDIM_STEPS = 100, 20
+def _train_averaged(loss: Callable, batches_of: Callable, desc: str):
+    """Diffusion and flow matching: Adam at 2e-3 with an EMA that warms up (a few hundred steps: without the warm-up
+    the average keeps ~20% of the initial weights); the network ends holding the average."""
+
+    def train(nets, s: _Split, seconds: float, seed: int, progress: bool):
+        net = nets["net"]
+        ema = EMA(net, decay=0.995, warmup=True)
+        h = fit(net, loss, data.Batches(batches_of(s.train), batch_size=128, seed=seed), seconds=seconds, lr=2e-3, ema=ema,
+                progress=progress, desc=desc)  # fmt: skip
+        net.load_state_dict(ema.model.state_dict())
+        return _fitted(h)
+
+    return train
 
 
-def _diffusion(s: _Split, seconds: float, seed: int, progress: bool):
-    sched = dif.cosine_schedule(DIFFUSION_T)
-    torch.manual_seed(seed)
-    net = UNet(UNetConfig(width=32, time_scale=1.0)).to(s.train.device)  # t is an integer step, as in chapter 6
-    params = count_parameters(net)
-    ema = EMA(net, decay=0.995, warmup=True)  # a few hundred steps: without warm-up the average keeps ~20% of the init
-    h = fit(net, lambda m, b: dif.eps_loss(m, sched, b), data.Batches(data.to_unit(s.train) * 2 - 1, batch_size=128, seed=seed),
-            seconds=seconds, lr=2e-3, ema=ema, progress=progress, desc="diffusion")  # fmt: skip
-    model = ema.model.eval()
+TRAIN = {
+    "VAE": _train_vae,
+    "GAN": _train_gan,
+    "flow": _train_flow,
+    "autoregressive": _train_pixelcnn,
+    "diffusion": _train_averaged(lambda m, b: dif.eps_loss(m, recipes.schedule(), b), lambda x: data.to_unit(x) * 2 - 1, "diffusion"),
+    "flow matching": _train_averaged(lambda m, b: fm.fm_loss(m, recipes.FM_PATH, recipes.fm_dequantize(b)), lambda x: x, "flow matching"),
+}
 
-    def sample(n, g):
-        x = dif.ddim_sample(model, sched, (n, 1, 8, 8), steps=DDIM_STEPS, generator=g, device=s.train.device, clip_x0=1.0)
-        return (x + 1) / 2
 
-    @torch.no_grad()
-    def nll():
+def _nll(family: str, net: torch.nn.Module, s: _Split, seed: int) -> tuple[float | None, str]:
+    """Nats per test digit and whether that is exact or an upper bound."""
+    if family == "VAE":
+        torch.manual_seed(seed)
+        return vae.iwae_bound(net, s.test, IWAE_K).mean().item(), "bound"
+    if family == "flow":
+        return flows.evaluate_nll(net, s.test, seed=seed).nats, "bound"
+    if family == "autoregressive":
+        with torch.no_grad():
+            return ar.pixel_nll(net, s.test).mean().item(), "exact"
+    if family == "diffusion":
         # DDPM's bound (discretized Gaussian decoder over the 17 levels), on the chain of T - 1 steps that chapter 6
         # uses: the last step of the cosine schedule has beta clipped at 0.999 and would cost far more than it is worth.
-        x = data.to_unit(s.test) * 2 - 1
-        b = dif.vlb(model, sched, x, LEVELS, generator=torch.Generator().manual_seed(seed), variance="beta")
-        ab = float(sched.alpha_bar[DIFFUSION_T - 2])
-        prior = dif.gaussian_kl(ab**0.5 * x, torch.full_like(x, 1 - ab), torch.zeros_like(x), torch.ones_like(x)).flatten(1).sum(1)
-        return (prior + b["per_step"][:, :-1].sum(1)).mean().item(), "bound"
-
-    return f"DDPM, DDIM {DDIM_STEPS} steps (ch. 6)", model, params, h.seconds, h.steps, sample, nll, DDIM_STEPS
-
-
-HEUN_STEPS = 10
-
-
-def _flow_matching(s: _Split, seconds: float, seed: int, progress: bool):
-    path = fm.OTPath(sigma_min=1e-3)
-
-    def dequant(x_int, g=None):
-        return 2 * data.dequantize(x_int, generator=g) - 1  # [-1, 1): a density on it bounds the discrete NLL
-
-    torch.manual_seed(seed)
-    net = UNet(UNetConfig(width=32)).to(s.train.device)  # t in [0, 1]
-    params = count_parameters(net)
-    ema = EMA(net, decay=0.995, warmup=True)
-    h = fit(net, lambda m, b: fm.fm_loss(m, path, dequant(b)), data.Batches(s.train, batch_size=128, seed=seed), seconds=seconds,
-            lr=2e-3, ema=ema, progress=progress, desc="flow matching")  # fmt: skip
-    v = ema.model.eval()
-
-    def sample(n, g):
-        x = fm.heun(v, torch.randn(n, 1, 8, 8, generator=g).to(s.train.device), steps=HEUN_STEPS, t1=path.t_max)
-        return ((x + 1) / 2 * LEVELS).floor().clamp(0, LEVELS - 1) / (LEVELS - 1)  # undo the dequantization
-
-    def nll():
+        with torch.no_grad():
+            x = data.to_unit(s.test) * 2 - 1
+            b = dif.vlb(net, recipes.schedule(), x, LEVELS, generator=torch.Generator().manual_seed(seed), variance="beta")
+            ab = float(recipes.schedule().alpha_bar[DIFFUSION_T - 2])
+            prior = dif.gaussian_kl(ab**0.5 * x, torch.full_like(x, 1 - ab), torch.zeros_like(x), torch.ones_like(x)).flatten(1).sum(1)
+            return (prior + b["per_step"][:, :-1].sum(1)).mean().item(), "bound"
+    if family == "flow matching":
         g = torch.Generator().manual_seed(seed)
-        lp = ode_log_prob(v, dequant(s.test, g), steps=16, trace="hutchinson", generator=g, t1=path.t_max)
+        lp = ode_log_prob(net, recipes.fm_dequantize(s.test, g), steps=16, trace="hutchinson", generator=g, t1=recipes.FM_PATH.t_max)
         return metrics.dequantized_nll(lp.detach() + DIMS * math.log(2), DIMS).mean().item(), "bound"  # [-1, 1) -> [0, 1)
+    return None, "none"  # a GAN has no likelihood
 
-    return f"flow matching, OT path, Heun {HEUN_STEPS} steps (ch. 7)", v, params, h.seconds, h.steps, sample, nll, 2 * HEUN_STEPS
+
+def _run(family: str, s: _Split, seconds: float, seed: int, progress: bool, checkpoints):
+    """Build the family's network, train it (or load it: ``GENBOOK_CHECKPOINTS``, see ``train.fit_or_load``)."""
+    r = recipes.BY_FAMILY[family]
+    cfg = recipes.ModelConfig(r.key)
+    torch.manual_seed(seed)
+    nets = {k: v.to(s.train.device) for k, v in r.build(cfg).items()}
+    net = nets["net"]
+
+    def train():
+        return TRAIN[family](nets, s, seconds, seed, progress)
+
+    if checkpoints is False:
+        info = {"source": "trained", "path": None, **train()}
+    else:
+        info = fit_or_load(cfg.name, net, cfg, train, directory=checkpoints)
+    net.eval()
+    return r, cfg, net, info
 
 
-RECIPES = {
-    "VAE": _vae,
-    "GAN": _gan,
-    "flow": _flow,
-    "autoregressive": _autoregressive,
-    "diffusion": _diffusion,
-    "flow matching": _flow_matching,
-}
+RECIPES = TRAIN  # chapter 10's per-family training, by family name
 
 
 def compare(
@@ -235,11 +209,14 @@ def compare(
     progress: bool = False,
     verbose: bool = True,
     n_test: int | None = None,
+    checkpoints: str | os.PathLike | bool | None = None,
 ) -> list[Row]:
     """Train and score the best unconditional digits model of each family in ``families``, each for ``seconds`` of
     wall-clock training (validation checks included where its chapter early-stops), on the book's digits split.
     Returns one :class:`Row` per family, in order. Sampling draws as many images as there are test digits;
-    ``n_test`` scores only the first ``n_test`` of them (and draws as many samples), for quick runs and tests."""
+    ``n_test`` scores only the first ``n_test`` of them (and draws as many samples), for quick runs and tests.
+    ``checkpoints`` is a folder to load each family's model from (and save it to), as ``train.fit_or_load`` does;
+    None reads ``GENBOOK_CHECKPOINTS``, False always trains and saves nothing (e.g. to retrain with another seed)."""
     unknown = [f for f in families if f not in RECIPES]
     if unknown:
         raise ValueError(f"unknown families {unknown}; choose from {list(RECIPES)}")
@@ -255,21 +232,27 @@ def compare(
     n = len(split.test)
     rows = []
     for family in families:
-        name, model, params, train_s, steps, sample, nll, nfe = RECIPES[family](split, seconds, seed, progress)
-        model.eval()
+        r, cfg, model, info = _run(family, split, seconds, seed, progress, checkpoints)
+        train_s, steps, nfe = info.get("train_seconds", float("nan")), int(info.get("train_steps", 0)), r.nfe(cfg)
+
+        def sample(n, g, r=r, cfg=cfg, model=model):
+            return r.sample(model, cfg, n, g)
+
         sample(2, torch.Generator().manual_seed(seed))  # warm-up: allocation and kernel selection stay out of the timing
         with metrics.Timer() as timer:  # synchronizes CUDA, so GPU work is counted
             images = sample(n, torch.Generator().manual_seed(seed + 1))
         sample_s, images = timer.seconds, snap(images)
-        nats, kind = nll()
+        nats, kind = _nll(family, model, split, seed)
         precision, recall = metrics.precision_recall_digits(images)
         fd = metrics.fd_digits(images)
-        row = Row(family, name, nats, kind, fd, precision, recall, params, train_s, steps, sample_s / n, nfe, images, model, sample)
+        row = Row(family, r.title, nats, kind, fd, precision, recall, count_parameters(model), train_s, steps, sample_s / n, nfe,
+                  images, model, sample, source=info["source"])  # fmt: skip
         rows.append(row)
         if verbose:
             nll_text = "n/a" if nats is None else f"{nats:.1f} nats ({kind})"
             ms = 1e3 * row.sample_seconds
-            print(f"{family}: {steps} steps in {train_s:.0f} s; NLL {nll_text}; FD {fd:.1f}; sampling {ms:.2f} ms/image")
+            how = f"{steps} steps in {train_s:.0f} s" + (f" (loaded from {info['path']})" if info["source"] == "loaded" else "")
+            print(f"{family}: {how}; NLL {nll_text}; FD {fd:.1f}; sampling {ms:.2f} ms/image")
     return rows
 
 

@@ -7,10 +7,12 @@ rendered book, and raises with a clear message when the claim stops holding, so 
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import time
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from genbook import runtime
@@ -44,6 +46,8 @@ def check(name: str, condition: bool, value: Any = None, expect: str = "") -> No
     if rt is not None:
         rt.checks.append((name, ok, _fmt(value)))
     if not ok:
+        if rt is not None:
+            _record(rt, {"failed check": name})
         raise CheckFailed(
             f"CHECK FAILED {name}{shown}{wanted}. The chapter's claim does not hold in this run; "
             "if you changed a setting, restore it, otherwise report this with the run report."
@@ -91,8 +95,30 @@ def run_report(rt: runtime.Runtime | None = None) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d"),
         **runtime.versions(),
     }
+    peak = peak_memory_mb(rt.device)
+    if peak is not None:
+        report["peak GPU memory (MB)"] = peak
     width = max(len(k) for k in report)
     print("Run report")
     for key, value in report.items():
         print(f"  {key:<{width}}  {value}")
+    _record(rt, report)
     return report
+
+
+def _record(rt: runtime.Runtime, report: dict[str, Any]) -> None:
+    """Append the run (report, wall time, every check) as a JSON line to ``GENBOOK_REPORT``, when it is set:
+    how ``tools/bench.py`` collects each chapter's numbers."""
+    path = os.environ.get("GENBOOK_REPORT")
+    if path:
+        checks = [{"name": n, "ok": ok, "value": v} for n, ok, v in rt.checks]
+        line = {**report, "wall_seconds": round(rt.elapsed(), 2), "peak_gpu_mb": peak_memory_mb(rt.device), "checks": checks}
+        with open(path, "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
+def peak_memory_mb(device: torch.device) -> float | None:
+    """The most GPU memory this process's tensors have held (MB), on CUDA; None elsewhere."""
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)

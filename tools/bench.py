@@ -1,0 +1,129 @@
+"""Run the chapters in one profile and record what each cost and measured: ``bench/gpu.sh`` calls this.
+
+Usage: python tools/bench.py [--profile full|fast] [--chapters 01 06 ...] [--out FILE.json] [--timeout SECONDS]
+
+Each chapter runs from a copy (the committed notebook is not touched) in a fresh kernel with ``GENBOOK_PROFILE``
+set, ``GENBOOK_STATIC=1`` and ``GENBOOK_REPORT`` pointing at a scratch file, where the chapter's ``run_report`` (or
+a failing check) writes its record. For each chapter the JSON holds the wall time (kernel start included), the
+chapter's own time, peak GPU memory (CUDA only) and whether it fits a 16 GB T4, and every check's name, result and
+measured value: the chapter's key metrics. A table is printed at the end. Exit status 1 if any chapter failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, CellTimeoutError
+
+ROOT = Path(__file__).resolve().parents[1]
+T4_MB = 15 * 1024  # a 16 GB T4 leaves about 15 GB to PyTorch's tensors
+
+
+def chapters(selected: list[str] | None) -> list[Path]:
+    paths = sorted((ROOT / "chapters").glob("[0-9][0-9]_*.ipynb"))
+    if not selected:
+        return paths
+    chosen = [p for p in paths if any(p.name.startswith(s) or p.stem == s for s in selected)]
+    unknown = [s for s in selected if not any(p.name.startswith(s) or p.stem == s for p in paths)]
+    if unknown:
+        raise SystemExit(f"no chapter matches {unknown}; chapters are {[p.stem for p in paths]}")
+    return chosen
+
+
+def run_chapter(path: Path, profile: str, timeout: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.jsonl"
+        env = {"GENBOOK_PROFILE": profile, "GENBOOK_STATIC": "1", "GENBOOK_REPORT": str(report)}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)  # the kernel inherits this process's environment
+        nb = nbformat.read(path, as_version=4)
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+        start, error = time.perf_counter(), None
+        try:
+            client.execute()
+        except (CellExecutionError, CellTimeoutError) as exc:
+            error = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        wall = time.perf_counter() - start
+        lines = report.read_text().splitlines() if report.exists() else []
+    rec = json.loads(lines[-1]) if lines else {}
+    checks = rec.get("checks", [])
+    peak = rec.get("peak_gpu_mb")
+    return {
+        "chapter": path.stem,
+        "ok": error is None and "failed check" not in rec,
+        "error": error,
+        "wall_seconds": round(wall, 1),
+        "chapter_seconds": rec.get("wall_seconds"),
+        "peak_gpu_mb": peak,
+        "fits_t4": None if peak is None else peak < T4_MB,
+        "checks_passed": sum(c["ok"] for c in checks),
+        "checks_total": len(checks),
+        "failed_check": rec.get("failed check"),
+        "device": rec.get("device"),
+        "metrics": {c["name"]: c["value"] for c in checks},
+    }
+
+
+def table(rows: list[dict]) -> str:
+    head = "| chapter | ok | wall s | chapter s | peak GPU MB | fits T4 | checks |\n|---|---|---|---|---|---|---|"
+    body = [
+        f"| {r['chapter']} | {'yes' if r['ok'] else 'NO'} | {r['wall_seconds']:.0f} | {r['chapter_seconds'] or 'n/a'} | "
+        f"{r['peak_gpu_mb'] if r['peak_gpu_mb'] is not None else 'n/a'} | "
+        f"{'n/a' if r['fits_t4'] is None else ('yes' if r['fits_t4'] else 'NO')} | {r['checks_passed']}/{r['checks_total']} |"
+        for r in rows
+    ]
+    return "\n".join([head, *body])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--profile", choices=("fast", "full"), default=None, help="default: full with CUDA, fast otherwise")
+    p.add_argument("--chapters", nargs="*", default=None, help="chapter number prefixes (01 06) or stems; default all")
+    p.add_argument("--out", default=None, help="JSON file (default bench/results-PROFILE-HOST.json)")
+    p.add_argument("--timeout", type=int, default=3600, help="seconds one cell may run")
+    args = p.parse_args(argv)
+    import torch
+
+    profile = args.profile or ("full" if torch.cuda.is_available() else "fast")
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    out = Path(args.out) if args.out else ROOT / "bench" / f"results-{profile}-{platform.node() or 'host'}.json"
+    rows = []
+    for path in chapters(args.chapters):
+        row = run_chapter(path, profile, args.timeout)
+        rows.append(row)
+        status = "ok" if row["ok"] else f"FAILED ({row['failed_check'] or row['error']})"
+        print(f"{row['chapter']}: {row['wall_seconds']:.0f} s, {row['checks_passed']}/{row['checks_total']} checks, {status}", flush=True)
+    result = {
+        "profile": profile,
+        "gpu": gpu,
+        "host": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "total_seconds": round(sum(r["wall_seconds"] for r in rows), 1),
+        "chapters": rows,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"\n{profile} profile on {gpu or 'CPU'}; {result['total_seconds']:.0f} s in all; written to {out}\n")
+    print(table(rows))
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
