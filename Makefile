@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard chapters/*.ipynb))
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install book student test test-unit test-notebooks test-book execute lint format clean distclean
+.PHONY: help install book student test test-unit test-notebooks test-book test-site logo execute lint format clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -28,14 +28,15 @@ book: $(STAMP) ## build the HTML book into _build/html from the committed notebo
 student: $(STAMP) ## student copies of the chapters in _student/chapters/: solutions replaced by empty cells, outputs cleared
 	$(PY) tools/make_student.py --out _student
 
-test: $(STAMP) ## everything CI runs: lint, unit tests, notebooks (fast profile, nbval), book with warnings as errors
+test: $(STAMP) ## everything CI runs: lint, unit tests, notebooks (fast profile, nbval), book with warnings as errors, site in Chromium
 	$(MAKE) lint
 	$(MAKE) test-unit
 	$(MAKE) test-notebooks
 	$(MAKE) test-book
+	$(MAKE) test-site
 
 test-unit: $(STAMP) ## pytest on the package (CPU, seconds)
-	GENBOOK_PROFILE=fast $(PY) -m pytest tests/ -q --durations=5
+	GENBOOK_PROFILE=fast $(PY) -m pytest tests/ --ignore=tests/site -q --durations=5
 
 test-notebooks: $(STAMP) ## run every chapter with nbval in the fast profile (lax: cells must run, checks assert)
 	GENBOOK_PROFILE=fast GENBOOK_STATIC=1 $(PY) -m pytest --nbval-lax --nbval-cell-timeout=900 -p no:cacheprovider $(NOTEBOOKS) -q --durations=0
@@ -43,6 +44,13 @@ test-notebooks: $(STAMP) ## run every chapter with nbval in the fast profile (la
 test-book: $(STAMP) ## build the book from scratch with warnings as errors
 	rm -rf _build/html _build/.doctrees
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
+
+test-site: $(STAMP) ## open every page of the built book (_build/html) in headless Chromium; screenshots in _build/screenshots
+	bash tools/install_browser.sh
+	$(PY) -m pytest tests/site -q -rs -p no:cacheprovider --durations=3
+
+logo: $(STAMP) ## redraw book/_static/logo.png and favicon.png with the book's flow-matching model (about a minute)
+	$(PY) tools/make_logo.py
 
 execute: $(STAMP) ## re-run the notebooks in place in the current profile (GENBOOK_PROFILE), keeping outputs
 	GENBOOK_STATIC=1 $(PY) tools/execute_notebooks.py $(NOTEBOOKS)

@@ -23,14 +23,17 @@ def _env(**extra):
     return env
 
 
-@pytest.mark.parametrize("family", ["gan", "diffusion"])
+TORCHRUN = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node=2"]
+TRAIN_ARGS = ["--device", "cpu", "--steps", "6", "--batch-size", "16", "--checkpoint-every", "4", "--sample-every", "3", "--quiet"]
+
+
+@pytest.mark.parametrize("family", ["gan", "diffusion", "flow"])
 def test_torchrun_two_processes_end_with_the_same_weights(tmp_path, family):
     # gan: two optimizers, DDP with unused parameters in the D step, R1's double backward, BatchNorm buffers;
-    # diffusion: the weight average. Each process trains on its own half of the digits with its own noise, so the
-    # replicas stay equal only if DDP averaged the gradients.
-    torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "genbook", "train", family, "--steps", "6",
-           "--batch-size", "16", "--out", str(tmp_path), "--checkpoint-every", "4", "--sample-every", "3", "--quiet"]  # fmt: skip
+    # diffusion: the weight average; flow: ActNorm's data-dependent initialization, made on each process's own shard.
+    # Each process trains on its own half of the digits with its own noise, so the replicas stay equal only if DDP
+    # copied the initial state and averaged the gradients.
+    cmd = [*TORCHRUN, "-m", "genbook", "train", family, "--out", str(tmp_path), *TRAIN_ARGS]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=_env(), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / f"{family}-digits.json").read_text())
@@ -41,6 +44,19 @@ def test_torchrun_two_processes_end_with_the_same_weights(tmp_path, family):
     assert cfg == recipes.ModelConfig(family) and extra["train_steps"] == 6 and extra["world_size"] == 2
     assert recipes.recipe(family).sample(net, cfg, 4, torch.Generator().manual_seed(0)).shape == (4, 1, 8, 8)
     assert len(summary["samples"]) == 2 and all(Path(p).exists() for p in summary["samples"])  # steps 3 and 6
+
+
+def test_torchrun_without_gradient_averaging_is_caught(tmp_path):
+    # The same launch with DistributedDataParallel replaced by the bare module: the replicas drift apart, and the
+    # command must say so and fail rather than save one process's weights as if they were everyone's.
+    script = tmp_path / "no_ddp.py"
+    script.write_text(
+        "import sys\nfrom torch import nn\nnn.parallel.DistributedDataParallel = lambda module, **kw: module\n"
+        "from genbook import cli\nsys.exit(cli.main(sys.argv[1:]))\n"
+    )
+    cmd = [*TORCHRUN, str(script), "train", "diffusion", "--out", str(tmp_path / "out"), *TRAIN_ARGS]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=_env(), cwd=tmp_path)
+    assert done.returncode != 0 and "ended with different weights" in done.stdout + done.stderr
 
 
 def test_train_resume_sample_and_early_stopping(tmp_path, capsys):
@@ -99,8 +115,9 @@ def test_help_documents_every_flag(capsys):
         (["train", "gan", "--dataset", "mnist", "--size", "12"], "size 12 is not supported"),
         (["train", "diffusion", "--width", "2"], "width must be between"),
         (["train", "flow", "--steps", "0"], "--steps must be at least 1"),
-        (["train", "flow", "--batch-size", "4000"], "larger than this process's shard"),
+        (["train", "flow", "--batch-size", "4000"], "larger than a process's shard"),
         (["train", "vae", "--resume"], "no .* to go on from"),
+        (["train", "gan", "--compile"], "cannot differentiate twice"),
         (["train", "gan", "--dataset", "mnist"], "GENBOOK_OFFLINE"),
         (["sample", "nowhere/vae-digits.pt"], "no checkpoint at"),
     ],
@@ -161,14 +178,22 @@ def test_fit_compile_trains_the_same_model():
         while True:
             yield x
 
-    h = fit(net, lambda m, b: m(b).pow(2).mean(), batches(), steps=5, compile=True, progress=False)
-    assert weights_hash(net.state_dict()) != before and h.loss[-1] < h.loss[0]  # the original module was trained
+    called_with = set()
+
+    def loss(m, b):
+        called_with.add(type(m).__name__)
+        return m(b).pow(2).mean()
+
+    h = fit(net, loss, batches(), steps=5, compile=True, progress=False)
+    assert called_with == {"OptimizedModule"}  # the loss saw the compiled module ...
+    assert weights_hash(net.state_dict()) != before and h.loss[-1] < h.loss[0]  # ... and the original one was trained
 
 
 def test_bench_runs_a_chapter_on_the_cpu(tmp_path):
     out = tmp_path / "bench.json"
-    done = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), "--chapters", "01", "--profile", "fast", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300, env=_env(PYTHON=sys.executable), cwd=ROOT)  # fmt: skip
+    cmd = ["bash", str(ROOT / "bench" / "gpu.sh"), "--chapters", "01", "--profile", "fast", "--out", str(out)]
+    env = _env(PYTHON=sys.executable, GENBOOK_DEVICE="cpu")  # on a GPU machine too: the fast profile on the CPU
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     result = json.loads(out.read_text())
     (row,) = result["chapters"]

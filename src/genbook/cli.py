@@ -11,11 +11,14 @@ identical. Single process otherwise. On CUDA it uses mixed precision (bf16 where
 gradient scaler otherwise), ``channels_last`` weights for the convolutional nets, and ``torch.compile`` when
 asked. It writes into ``--out``:
 
+``NAME`` is ``FAMILY-DATASET`` at the book's size and width (``diffusion-digits``), ``FAMILY-DATASET-sSIZE-wWIDTH``
+otherwise.
+
 - ``NAME.pt``: the sampling network's weights with its :class:`~genbook.recipes.ModelConfig` and a hash of the
   weights (``genbook.train.save_checkpoint``), every ``--checkpoint-every`` steps and at the end. The VAE, flow and
   PixelCNN keep the weights of their best validation loss, as their chapters do; diffusion and flow matching save
   their weight average (EMA). With ``GENBOOK_CHECKPOINTS=DIR``, chapter 10 loads ``DIR/NAME.pt`` for the book's
-  default sizes instead of training (``NAME`` is ``FAMILY-DATASET``).
+  default sizes instead of training.
 - ``NAME.state.pt``: everything ``--resume`` needs to go on (all networks, optimizers, the average, the step).
 - ``NAME-samples-STEP.png`` every ``--sample-every`` steps, and ``NAME.json``: what was run and measured.
 """
@@ -89,6 +92,11 @@ class _Dist:
         self.local = int(os.environ.get("LOCAL_RANK", "0"))
         device = resolve_device(device_arg)
         if device.type == "cuda" and self.world > 1:
+            if self.local >= torch.cuda.device_count():
+                raise ConfigError(
+                    f"process {self.rank} would take cuda:{self.local}, but this machine has {torch.cuda.device_count()} GPU(s); "
+                    "start at most one process per GPU (torchrun --nproc_per_node), or pass --device cpu"
+                )
             device = torch.device("cuda", self.local)
             torch.cuda.set_device(device)
         self.device = device
@@ -135,10 +143,15 @@ def _save_grid(images: torch.Tensor, path: Path) -> None:
 
 
 def _load_data(cfg: recipes.ModelConfig, d: _Dist) -> tuple[torch.Tensor, torch.Tensor]:
-    val_split = "val" if cfg.dataset == "digits" else "test"
+    """Training and validation images. The digits have a validation split; the online sets keep their last 5000
+    training images for validation (their test split is left alone)."""
     if not d.main:
         d.barrier()  # the main process downloads an online set once; the others then read its cache
-    train, val = recipes.load_levels(cfg.dataset, "train", cfg.size), recipes.load_levels(cfg.dataset, val_split, cfg.size)
+    train = recipes.load_levels(cfg.dataset, "train", cfg.size)
+    if cfg.dataset == "digits":
+        val = recipes.load_levels(cfg.dataset, "val", cfg.size)
+    else:
+        train, val = train[:-5000], train[-5000:]
     if d.main:
         d.barrier()
     return train, val[:2000]
@@ -178,9 +191,12 @@ def _train(args, r: recipes.Recipe, cfg: recipes.ModelConfig, d: _Dist, out: Pat
     train_x, val_x = _load_data(cfg, d)
     shard = train_x[d.rank :: d.world].to(device)  # process r trains on images r, r + W, r + 2W, ...
     val_x = val_x.to(device)
-    batch_size = args.batch_size or r.batch_size
-    if batch_size > len(shard):
-        raise ConfigError(f"--batch-size {batch_size} is larger than this process's shard of the data ({len(shard)} images)")
+    smallest = len(train_x) // d.world  # the same on every process, so all of them accept or refuse together
+    batch_size = args.batch_size or min(r.batch_size, smallest)
+    if batch_size > smallest:
+        raise ConfigError(f"--batch-size {batch_size} is larger than a process's shard of the data ({smallest} images)")
+    if args.compile and not r.compiles:
+        raise ConfigError(f"--compile does not work for {r.key}: torch.compile cannot differentiate twice (its R1 penalty)")
     lr = args.lr or r.lr
 
     torch.manual_seed(args.seed)  # the same initial weights everywhere (DDP also copies rank 0's at the start)
@@ -194,7 +210,7 @@ def _train(args, r: recipes.Recipe, cfg: recipes.ModelConfig, d: _Dist, out: Pat
     if r.init is not None:
         r.init(nets, shard)
     opts = {ph: torch.optim.Adam(objective.parameters_of(ph), lr=lr, betas=r.betas) for ph in r.phases}
-    ema = EMA(nets["net"], decay=r.ema) if r.ema else None
+    ema = EMA(nets["net"], decay=r.ema, warmup=True) if r.ema else None  # warm-up: short runs, as in chapter 10
     step, seconds_before, history, val_history, best = 0, 0.0, [], [], None
     if args.resume:
         state = torch.load(state_path, map_location=device, weights_only=True)
@@ -203,6 +219,7 @@ def _train(args, r: recipes.Recipe, cfg: recipes.ModelConfig, d: _Dist, out: Pat
         objective.load_state_dict(state["objective"])
         for ph, opt in opts.items():
             opt.load_state_dict(state["optimizers"][ph])
+        scaler_states = state.get("scalers") or {}
         if ema is not None:
             ema.model.load_state_dict(state["ema"])
             ema.updates = state["step"]
@@ -217,7 +234,13 @@ def _train(args, r: recipes.Recipe, cfg: recipes.ModelConfig, d: _Dist, out: Pat
     if args.compile:
         model = torch.compile(model)
     dtype = amp_dtype(device) if args.amp and r.amp else None
+    if dtype == torch.float16 and not r.fp16:
+        dtype = None
     scalers = {ph: torch.amp.GradScaler("cuda") for ph in r.phases} if dtype == torch.float16 else {}
+    if args.resume:
+        for ph, sc in scalers.items():
+            if ph in scaler_states:
+                sc.load_state_dict(scaler_states[ph])
     batches = data.Batches(shard, batch_size=batch_size, seed=args.seed + d.rank + 7919 * step)
     clip = 1.0 if r.phases == ("main",) else None  # the chapters clip every family but the GAN
     sample_g = torch.Generator().manual_seed(args.seed)
@@ -250,13 +273,16 @@ def _train(args, r: recipes.Recipe, cfg: recipes.ModelConfig, d: _Dist, out: Pat
         if val is not None:
             extra["val_loss"] = best[0] if r.early_stop else val
         save_checkpoint(ckpt, keep, cfg, **extra)
+        tmp = state_path.with_suffix(".tmp")
         torch.save(
             {"config": cfg.__dict__, "objective": objective.state_dict(), "step": step, "seconds": seconds, "val": val_history,
              "optimizers": {ph: o.state_dict() for ph, o in opts.items()},
+             "scalers": {ph: sc.state_dict() for ph, sc in scalers.items()},
              "ema": ema.model.state_dict() if ema is not None else None,
              "best": {"loss": best[0], "weights": best[1]} if best is not None else None},
-            state_path,
+            tmp,
         )  # fmt: skip
+        tmp.replace(state_path)  # a run killed while saving leaves the previous state whole
 
     def save_samples() -> None:
         net = sampler_net()
@@ -281,8 +307,8 @@ def _train(args, r: recipes.Recipe, cfg: recipes.ModelConfig, d: _Dist, out: Pat
             history.extend(values)
             bar.set_postfix(loss=f"{sum(history[-25:]) / len(history[-25:]):.4f}", refresh=False)
 
-    def out_of_time() -> bool:
-        return args.seconds is not None and d.any(time.perf_counter() - start >= args.seconds)
+    def out_of_time() -> bool:  # asked every 10 steps: agreeing on it is a collective call, and a GPU sync
+        return args.seconds is not None and step % 10 == 0 and d.any(time.perf_counter() - start >= args.seconds)
 
     while step < args.steps and not out_of_time():
         for ph in r.phases:
@@ -321,6 +347,8 @@ def _train(args, r: recipes.Recipe, cfg: recipes.ModelConfig, d: _Dist, out: Pat
     if d.world > 1:
         hashes = [None] * d.world
         dist.all_gather_object(hashes, weights_hash(objective.state_dict()))
+        if len(set(hashes)) > 1:
+            raise RuntimeError(f"the processes ended with different weights (hashes {hashes}): DistributedDataParallel went wrong")
     summary: dict = {}
     if d.main:
         if not samples or not samples[-1].endswith(f"{step:07d}.png"):

@@ -214,10 +214,13 @@ def train_gan(
     norms: list[torch.Tensor] = []
 
     def read() -> None:
-        for values, out in ((d_losses, hist.d_loss), (g_losses, hist.g_loss), (norms, hist.g_grad_norm)):
+        for values, out in ((d_losses, hist.d_loss), (g_losses, hist.g_loss)):
             if values:
-                out.extend(torch.stack(values).double().tolist())
+                out.extend(torch.stack(values).float().tolist())  # float32: MPS has no float64
                 values.clear()
+        # the generator's gradient norm: per-parameter sums of squares in float32, added up in float64 on the CPU
+        hist.g_grad_norm.extend(squares.cpu().double().sum().sqrt().item() for squares in norms)
+        norms.clear()
 
     generator.train()
     discriminator.train()
@@ -251,8 +254,7 @@ def train_gan(
             lg = lg + F.cross_entropy(fake_cls, y)
         opt_g.zero_grad(set_to_none=True)
         lg.backward()
-        squares = [p.grad.detach().double().pow(2).sum() for p in generator.parameters() if p.grad is not None]
-        norms.append(torch.stack(squares).sum().sqrt())
+        norms.append(torch.stack([p.grad.detach().float().pow(2).sum() for p in generator.parameters() if p.grad is not None]))
         opt_g.step()
         d_losses.append(ld.detach())
         g_losses.append(lg.detach())

@@ -112,13 +112,16 @@ def _record(rt: runtime.Runtime, report: dict[str, Any]) -> None:
     path = os.environ.get("GENBOOK_REPORT")
     if path:
         checks = [{"name": n, "ok": ok, "value": v} for n, ok, v in rt.checks]
-        line = {**report, "wall_seconds": round(rt.elapsed(), 2), "peak_gpu_mb": peak_memory_mb(rt.device), "checks": checks}
+        line = {**report, "wall_seconds": round(rt.elapsed(), 2), "peak_gpu_mb": peak_memory_mb(rt.device),
+                "peak_gpu_reserved_mb": peak_memory_mb(rt.device, reserved=True), "checks": checks}  # fmt: skip
         with open(path, "a") as f:
             f.write(json.dumps(line) + "\n")
 
 
-def peak_memory_mb(device: torch.device) -> float | None:
-    """The most GPU memory this process's tensors have held (MB), on CUDA; None elsewhere."""
+def peak_memory_mb(device: torch.device, reserved: bool = False) -> float | None:
+    """The most GPU memory this process's tensors have held (MB), on CUDA; None elsewhere. ``reserved``: the most
+    PyTorch's caching allocator held from the GPU, which is what has to fit on the card."""
     if device.type != "cuda":
         return None
-    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    peak = torch.cuda.max_memory_reserved(device) if reserved else torch.cuda.max_memory_allocated(device)
+    return round(peak / 2**20, 1)

@@ -108,6 +108,8 @@ class Recipe:
     ema: float | None = None  # decay of the weight average that samples, when the chapter uses one
     early_stop: bool = False  # keep the weights of the best validation loss (the chapter early-stops on 1000 digits)
     amp: bool = True  # the flow's log-determinants stay in fp32
+    fp16: bool = True  # False: mixed precision only in bf16 (the GAN's R1 penalty differentiates unscaled fp16 gradients)
+    compiles: bool = True  # False: torch.compile cannot differentiate twice (the GAN's R1 penalty)
     betas: tuple[float, float] = (0.9, 0.999)
     init: Callable[[dict[str, nn.Module], torch.Tensor], None] | None = None  # data-dependent initialization
 
@@ -135,8 +137,7 @@ def _gan_loss(nets, x_int, phase, r1_gamma: float = 1.0):
     if phase == "d":
         with torch.no_grad():
             fake = g(z)
-        loss = gan.d_loss(d(real).squeeze(-1), d(fake).squeeze(-1))
-        return loss + 0.5 * r1_gamma * gan.r1_penalty(d, real), {"d_loss": float(loss)}
+        return gan.d_loss(d(real).squeeze(-1), d(fake).squeeze(-1)) + 0.5 * r1_gamma * gan.r1_penalty(d, real)
     return gan.g_loss_nonsaturating(d(g(z)).squeeze(-1))
 
 
@@ -195,7 +196,7 @@ RECIPES: dict[str, Recipe] = {
                lambda nets, x, phase: vae.vae_loss(nets["net"], x), lambda m, c, n, g: m.sample(n, generator=g),
                lambda c: c.size**2, lr=2e-3, batch_size=64, early_stop=True),
         Recipe("gan", "GAN", "DCGAN, minibatch std + R1 (ch. 3)", _gan_build, _gan_loss, _gan_sample, lambda c: 1,
-               lr=2e-4, batch_size=64, phases=("d", "g"), betas=(0.0, 0.99)),
+               lr=2e-4, batch_size=64, phases=("d", "g"), betas=(0.0, 0.99), fp16=False, compiles=False),
         Recipe("flow", "flow", "RealNVP-style flow (ch. 4)", _flow_build, lambda nets, x, phase: flows.nll_loss(nets["net"], x),
                lambda m, c, n, g: data.to_unit(flows.sample_digits(m, n, generator=g)), lambda c: 1, lr=1e-3,
                batch_size=128, early_stop=True, amp=False, init=lambda nets, x: flows.initialize(nets["net"], x)),
