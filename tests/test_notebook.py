@@ -30,6 +30,21 @@ def test_check_failure_raises_with_name():
     assert "expected < 1" in str(info.value)
 
 
+def test_check_in_the_full_profile_reports_instead_of_stopping(monkeypatch, capsys):
+    """Uncalibrated in full: a claim that does not hold is printed and counted, and raises only with GENBOOK_STRICT=1."""
+    rt = runtime.setup(seed=0, profile="full", device="cpu", quiet=True)
+    notebook.check("gap", False, 0.1, "> 0.2")
+    assert capsys.readouterr().out.startswith("NOT HELD gap: 0.1 (expected > 0.2)")
+    assert rt.checks == [("gap", False, "0.1")]
+    monkeypatch.setenv("GENBOOK_STRICT", "1")
+    with pytest.raises(CheckFailed):
+        notebook.check("gap", False, 0.1, "> 0.2")
+    monkeypatch.delenv("GENBOOK_STRICT")
+    runtime.setup(seed=0, profile="fast", device="cpu", quiet=True)
+    with pytest.raises(CheckFailed):  # fast, where CI runs: always an error
+        notebook.check("gap", False, 0.1, "> 0.2")
+
+
 def test_static_output_reads_genbook_static(monkeypatch):
     """static_output() is True for GENBOOK_STATIC=1 and False when it is unset or 0."""
     assert notebook.static_output() is False

@@ -77,6 +77,14 @@ def test_unknown_device_lists_valid_ones():
         runtime.resolve_device("tpu")
 
 
+def test_amp_dtype_bf16_only_where_the_gpu_has_it(monkeypatch):
+    """bf16 from compute capability 8 (Ampere) on; fp16 on a T4 (7.5), where bf16 would only be emulated."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert runtime.amp_dtype(torch.device("cuda")) == torch.float16
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert runtime.amp_dtype(torch.device("cuda")) == torch.bfloat16
+
+
 def test_amp_dtype_off_on_cpu():
     """Mixed precision is off (None) on the CPU."""
     assert runtime.amp_dtype(torch.device("cpu")) is None

@@ -66,7 +66,8 @@ def run_chapter(path: Path, profile: str, timeout: int) -> dict:
     peak, reserved = rec.get("peak_gpu_mb"), rec.get("peak_gpu_reserved_mb")
     return {
         "chapter": path.stem,
-        "ok": error is None and "failed check" not in rec,
+        "ran": error is None,  # every cell ran (in full, a claim that does not hold is reported, not raised)
+        "ok": error is None and "failed check" not in rec and bool(checks) and all(c["ok"] for c in checks),
         "error": error,
         "wall_seconds": round(wall, 1),
         "chapter_seconds": rec.get("wall_seconds"),
@@ -76,6 +77,7 @@ def run_chapter(path: Path, profile: str, timeout: int) -> dict:
         "checks_passed": sum(c["ok"] for c in checks),
         "checks_total": len(checks),
         "failed_check": rec.get("failed check"),
+        "not_held": [c["name"] for c in checks if not c["ok"]],
         "device": rec.get("device"),
         "metrics": {c["name"]: c["value"] for c in checks},
     }

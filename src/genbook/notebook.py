@@ -38,6 +38,11 @@ def check(name: str, condition: bool, value: Any = None, expect: str = "") -> No
     ``value`` is the measured number(s) the claim is about and ``expect`` the condition in words
     (e.g. ``"> 0.95"``); both appear on the page. Returns None, so a check can end a cell
     without its value being echoed a second time.
+
+    The margins were calibrated in the ``fast`` profile, where CI runs every chapter. The ``full`` profile has not
+    been measured on a GPU yet, and some claims describe what a small budget shows; there a claim that does not hold
+    prints ``NOT HELD ...`` and the chapter goes on (the run report counts it, and ``bench/gpu.sh`` records it), unless
+    ``GENBOOK_STRICT=1`` asks for the error.
     """
     shown = "" if value is None else f": {_fmt(value)}"
     wanted = f" (expected {expect})" if expect else ""
@@ -46,6 +51,13 @@ def check(name: str, condition: bool, value: Any = None, expect: str = "") -> No
     if rt is not None:
         rt.checks.append((name, ok, _fmt(value)))
     if not ok:
+        strict = os.environ.get("GENBOOK_STRICT", "") not in ("", "0")
+        if rt is not None and rt.profile == "full" and not strict:
+            print(
+                f"NOT HELD {name}{shown}{wanted}. This margin was calibrated in the fast profile; the full profile "
+                "trains longer and has not been calibrated yet, so the chapter goes on (GENBOOK_STRICT=1 stops here)."
+            )
+            return
         if rt is not None:
             _record(rt, {"failed check": name})
         raise CheckFailed(

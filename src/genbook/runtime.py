@@ -85,10 +85,12 @@ def resolve_device(name: str | None = None) -> torch.device:
 
 
 def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """Mixed-precision dtype for ``device``: bf16 on GPUs that support it, fp16 on older ones, none on CPU."""
+    """Mixed-precision dtype for ``device``: bf16 on GPUs that have it in hardware (Ampere, compute capability 8, and
+    later), fp16 on older ones such as Colab's T4, none on CPU. (``torch.cuda.is_bf16_supported()`` also says yes
+    where bf16 is only emulated, which on a T4 takes slow convolution paths.)"""
     if device.type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
 
 
 def seed_everything(seed: int) -> None:
