@@ -30,7 +30,7 @@ def ink(images: np.ndarray, scale: int, gap: int, cols: int) -> np.ndarray:
     ramp = np.array([[0.16, 0.40, 0.86], [0.55, 0.30, 0.85], [0.95, 0.50, 0.20]])
     for i, img in enumerate(images):
         r, c = divmod(i, cols)
-        u = (c + r * 0.5) / max(1, cols - 1 + (rows > 1) * 0.5)
+        u = i / max(1, n - 1)  # position along the ramp
         k = min(1, int(u * 2))
         colour = ramp[k] + (ramp[k + 1] - ramp[k]) * (u * 2 - k)
         big = np.kron(img, np.ones((scale, scale)))
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         code = cli.main(["train", "flow-matching", *budget, "--out", tmp, "--device", "cpu", "--seed", str(args.seed), "--quiet"])
         if code:
             return code
-        net, cfg, extra = recipes.load(Path(tmp) / f"{cfg_name()}.pt")
+        net, cfg, extra = recipes.load(Path(tmp) / f"{recipes.ModelConfig('flow-matching').name}.pt")
     x = recipes.recipe("flow-matching").sample(net, cfg, 256, torch.Generator().manual_seed(args.seed + 1))
     labels, conf = metrics.classify(x)
     # for each digit 0-9, the sample the harness classifier (chapter 1) is surest of: "0123456789" in the model's hand
@@ -65,12 +65,6 @@ def main(argv: list[str] | None = None) -> int:
     plt.imsave(STATIC / "favicon.png", ink(digits[8:9], scale=4, gap=0, cols=1))
     print(f"logo and favicon from {int(extra['train_steps'])} flow-matching steps ({extra['train_seconds']:.0f} s) -> {STATIC}")
     return 0
-
-
-def cfg_name() -> str:
-    from genbook import recipes
-
-    return recipes.ModelConfig("flow-matching").name
 
 
 if __name__ == "__main__":

@@ -39,10 +39,9 @@ import torch.distributed as dist
 from torch import nn
 
 from genbook import data, recipes
+from genbook.notebook import peak_memory_mb, progress
 from genbook.runtime import ConfigError, amp_dtype, resolve_device
-from genbook.train import EMA, CheckpointMismatch, save_checkpoint, weights_hash
-
-CONV_TYPES = (nn.Conv2d, nn.ConvTranspose2d)
+from genbook.train import EMA, CheckpointMismatch, has_convolutions, save_checkpoint, weights_hash
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -204,7 +203,7 @@ def _train(args, r: recipes.Recipe, cfg: recipes.ModelConfig, d: _Dist, out: Pat
     channels_last = cuda and args.channels_last
     if channels_last:
         for net in nets.values():
-            if any(isinstance(m, CONV_TYPES) for m in net.modules()):
+            if has_convolutions(net):
                 net.to(memory_format=torch.channels_last)
     objective = r.objective(nets)
     if r.init is not None:
@@ -248,8 +247,6 @@ def _train(args, r: recipes.Recipe, cfg: recipes.ModelConfig, d: _Dist, out: Pat
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
 
-    from genbook.notebook import progress
-
     bar = progress(total=args.steps, initial=step, desc=f"{cfg.name} x{d.world}", disable=args.quiet or not d.main)
     start = time.perf_counter()
     objective.train()
@@ -257,7 +254,7 @@ def _train(args, r: recipes.Recipe, cfg: recipes.ModelConfig, d: _Dist, out: Pat
     def sampler_net() -> nn.Module:
         return ema.model if ema is not None else nets["net"]
 
-    def checkpoint(final: bool) -> None:
+    def checkpoint() -> None:
         nonlocal best
         val = _val_loss(objective, val_x) if r.key != "gan" else None
         if val is not None:
@@ -336,7 +333,7 @@ def _train(args, r: recipes.Recipe, cfg: recipes.ModelConfig, d: _Dist, out: Pat
         if d.main and args.sample_every and step % args.sample_every == 0:
             save_samples()
         if d.main and step % args.checkpoint_every == 0:
-            checkpoint(final=False)
+            checkpoint()
     flush()
     bar.close()
     seconds = time.perf_counter() - start
@@ -354,7 +351,7 @@ def _train(args, r: recipes.Recipe, cfg: recipes.ModelConfig, d: _Dist, out: Pat
         if not samples or not samples[-1].endswith(f"{step:07d}.png"):
             save_samples()
         if step % args.checkpoint_every:
-            checkpoint(final=True)
+            checkpoint()
         tail = history[-50:]
         summary = {
             "config": cfg.__dict__,
@@ -372,7 +369,7 @@ def _train(args, r: recipes.Recipe, cfg: recipes.ModelConfig, d: _Dist, out: Pat
             "compile": bool(args.compile),
             "loss_last_50": sum(tail) / len(tail) if tail else None,
             "val_loss": val_history,
-            "peak_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if cuda else None,
+            "peak_memory_mb": peak_memory_mb(device),
             "checkpoint": str(ckpt),
             "samples": samples,
             "weights_hash_by_process": hashes,

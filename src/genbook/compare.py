@@ -198,9 +198,6 @@ def _run(family: str, s: _Split, seconds: float, seed: int, progress: bool, chec
     return r, cfg, net, info
 
 
-RECIPES = TRAIN  # chapter 10's per-family training, by family name
-
-
 def compare(
     seconds: float = 25.0,
     families: tuple[str, ...] = FAMILIES,
@@ -217,9 +214,9 @@ def compare(
     ``n_test`` scores only the first ``n_test`` of them (and draws as many samples), for quick runs and tests.
     ``checkpoints`` is a folder to load each family's model from (and save it to), as ``train.fit_or_load`` does;
     None reads ``GENBOOK_CHECKPOINTS``, False always trains and saves nothing (e.g. to retrain with another seed)."""
-    unknown = [f for f in families if f not in RECIPES]
+    unknown = [f for f in families if f not in TRAIN]
     if unknown:
-        raise ValueError(f"unknown families {unknown}; choose from {list(RECIPES)}")
+        raise ValueError(f"unknown families {unknown}; choose from {list(TRAIN)}")
     if seconds <= 0:
         raise ValueError(f"seconds must be positive, got {seconds}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -280,4 +277,4 @@ def markdown_table(rows: list[Row], floor: float | None = None) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["FAMILIES", "RECIPES", "Row", "compare", "markdown_table", "real_floor", "snap"]
+__all__ = ["FAMILIES", "TRAIN", "Row", "compare", "markdown_table", "real_floor", "snap"]

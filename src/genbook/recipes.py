@@ -35,6 +35,7 @@ from genbook import diffusion as dif
 from genbook import flow_matching as fm
 from genbook.nets import DCGANDiscriminator, DCGANGenerator, UNet, UNetConfig
 from genbook.runtime import ConfigError
+from genbook.train import CheckpointMismatch, load_checkpoint
 
 LEVELS = data.DIGIT_LEVELS
 SIZES = (8, 16, 28, 32)  # what every family's network supports (DCGAN's generator sets the list)
@@ -183,10 +184,14 @@ def fm_dequantize(x_int: torch.Tensor, generator: torch.Generator | None = None)
     return 2 * data.dequantize(x_int, generator=generator) - 1
 
 
+def fm_to_unit(x: torch.Tensor) -> torch.Tensor:
+    """Flow matching's samples in [-1, 1) back on the 17 levels, in [0, 1]: undo :func:`fm_dequantize` (floor of K y)."""
+    return ((x + 1) / 2 * LEVELS).floor().clamp(0, LEVELS - 1) / (LEVELS - 1)
+
+
 def _fm_sample(v, c, n, generator):
     x0 = torch.randn(n, 1, c.size, c.size, generator=generator).to(next(v.parameters()).device)
-    x = fm.heun(v, x0, steps=HEUN_STEPS, t1=FM_PATH.t_max)
-    return ((x + 1) / 2 * LEVELS).floor().clamp(0, LEVELS - 1) / (LEVELS - 1)  # undo the dequantization
+    return fm_to_unit(fm.heun(v, x0, steps=HEUN_STEPS, t1=FM_PATH.t_max))
 
 
 RECIPES: dict[str, Recipe] = {
@@ -249,8 +254,6 @@ def load(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[n
     """Rebuild the sampling network a recipe checkpoint holds, from the config saved with it, and load its weights
     (checked against their hash; ``weights_only``, so nothing but tensors and plain data is read).
     Returns (network in eval mode, its ModelConfig, what was saved with it: steps, seconds, ...)."""
-    from genbook.train import CheckpointMismatch, load_checkpoint
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}; train one with `python -m genbook train FAMILY --out {path.parent}`")

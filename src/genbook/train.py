@@ -74,6 +74,11 @@ class History:
         return out
 
 
+def has_convolutions(model: nn.Module) -> bool:
+    """True when ``model`` holds 2-D convolutions, the layers that ``channels_last`` memory order speeds up on a GPU."""
+    return any(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) for m in model.modules())
+
+
 def _channels_last(batch: Any) -> Any:
     """4-D float tensors (images) in ``batch`` (a tensor or a tuple of them) in channels-last memory order."""
     if isinstance(batch, tuple):
@@ -130,7 +135,7 @@ def fit(
     device = next(model.parameters()).device
     dtype = _amp_dtype(device) if amp is not False else None
     if channels_last is None:
-        channels_last = device.type == "cuda" and any(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) for m in model.modules())
+        channels_last = device.type == "cuda" and has_convolutions(model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     if compile is None:
