@@ -6,8 +6,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard chapters/*.ipynb))
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# the robustness protocol's defaults (make robustness CHAPTERS="08 10" SEEDS="0 1 2" KERNELS="native default")
+CHAPTERS ?=
+SEEDS ?= 0 1 2
+KERNELS ?= native default
 
-.PHONY: help install book student test test-unit test-notebooks test-book test-site logo execute lint format clean distclean
+.PHONY: help install book student test test-unit test-notebooks test-book test-site robustness logo execute lint format clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -38,8 +42,8 @@ test: $(STAMP) ## everything CI runs: lint, unit tests, notebooks (fast profile,
 test-unit: $(STAMP) ## pytest on the package (CPU, seconds)
 	GENBOOK_PROFILE=fast $(PY) -m pytest tests/ --ignore=tests/site -q --durations=5
 
-test-notebooks: $(STAMP) ## run every chapter with nbval in the fast profile (lax: cells must run, checks assert)
-	GENBOOK_PROFILE=fast GENBOOK_STATIC=1 $(PY) -m pytest --nbval-lax --nbval-cell-timeout=900 -p no:cacheprovider $(NOTEBOOKS) -q --durations=0
+test-notebooks: $(STAMP) ## run every chapter with nbval in the fast profile (lax: cells must run; GENBOOK_STRICT=1: checks raise)
+	GENBOOK_PROFILE=fast GENBOOK_STATIC=1 GENBOOK_STRICT=1 $(PY) -m pytest --nbval-lax --nbval-cell-timeout=900 -p no:cacheprovider $(NOTEBOOKS) -q --durations=0
 
 test-book: $(STAMP) ## build the book from scratch with warnings as errors
 	rm -rf _build/html _build/.doctrees
@@ -49,11 +53,14 @@ test-site: $(STAMP) ## open every page of the built book (_build/html) in headle
 	bash tools/install_browser.sh
 	$(PY) -m pytest tests/site -q -rs -p no:cacheprovider --durations=3
 
+robustness: $(STAMP) ## each chapter (CHAPTERS="05 08", default all) under seeds 0-2 x native and default kernels; every check's values into bench/robustness.json (slow, not in CI)
+	$(PY) tools/robustness.py --seeds $(SEEDS) --kernels $(KERNELS) $(if $(strip $(CHAPTERS)),--chapters $(CHAPTERS),)
+
 logo: $(STAMP) ## redraw book/_static/logo.png and favicon.png with the book's flow-matching model (about a minute)
 	$(PY) tools/make_logo.py
 
 execute: $(STAMP) ## re-run the notebooks in place in the current profile (GENBOOK_PROFILE), keeping outputs
-	GENBOOK_STATIC=1 $(PY) tools/execute_notebooks.py $(NOTEBOOKS)
+	GENBOOK_STATIC=1 GENBOOK_STRICT=1 $(PY) tools/execute_notebooks.py $(NOTEBOOKS)
 
 lint: $(STAMP) ## ruff on the package, tests, tools and notebooks
 	$(VENV)/bin/ruff check src tests tools chapters

@@ -122,6 +122,28 @@ def versions() -> dict[str, str]:
     return out
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, ``platform.processor()`` elsewhere): float results of
+    training differ between CPUs with different vector units, so a run report names it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_kernels() -> str:
+    """The vector kernels torch's CPU operators use (``AVX512``, ``AVX2``, ``DEFAULT``...), and the environment
+    variables that chose them, if any: ``ATEN_CPU_CAPABILITY=default`` is how ``make robustness`` stands in for
+    another machine."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    chosen = [f"{k}={os.environ[k]}" for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS") if k in os.environ]
+    return capability + (f" ({', '.join(chosen)})" if chosen else "")
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"

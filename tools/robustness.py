@@ -1,0 +1,150 @@
+"""The robustness protocol: run chapters under several seeds and kernel sets, and tabulate every check in every run.
+
+Usage: python tools/robustness.py [--chapters 05 08] [--seeds 0 1 2] [--kernels native default] [--jobs 2]
+                                  [--out bench/robustness.json]
+
+A training run amplifies float-level differences between machines (another CPU's vector kernels change a convolution
+in the 6th digit, and a GAN a few hundred steps later), so a claim whose margin was chosen on one machine can fail on
+the next. This stands in for other machines cheaply: each chapter runs once per seed and per kernel set, where
+
+- ``native``  is this host's own kernels (AVX-512 or AVX2, whatever torch picks),
+- ``default`` is ``ATEN_CPU_CAPABILITY=default``: torch's scalar kernels, other float results at almost no cost,
+- ``avx2``    is ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2``: on an AVX-512
+  host, an approximation of the slower AVX2-only hosts (for their timings as well as their numbers).
+
+Runs go ``--jobs`` at a time, each with one torch thread (two processes with two threads each on two cores slow each
+other several times over). Checks do not raise here (no ``GENBOOK_STRICT``): every check's value is recorded in every
+run. The results are merged into ``--out`` chapter by chapter (a chapter run again replaces its old runs), and a
+table says, for each check, in how many runs it held and the values it took. Exit status 1 when any check did not
+hold in some run or a chapter failed to run. Not part of CI: six runs of a chapter take a quarter of an hour.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+from bench import chapters  # noqa: E402
+
+KERNELS = {
+    "native": {},
+    "default": {"ATEN_CPU_CAPABILITY": "default"},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_one(chapter: Path, seed: int, kernels: str, timeout: int) -> dict:
+    """One chapter, one seed, one kernel set, in its own process (bench.py), one torch thread."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GENBOOK_STRICT", *KERNELS["avx2"])}
+    env.update(KERNELS[kernels])
+    env.update({"GENBOOK_SEED": str(seed), "GENBOOK_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run.json"
+        cmd = [sys.executable, str(ROOT / "tools" / "bench.py"), "--profile", "fast", "--chapters", chapter.stem,
+               "--out", str(out), "--timeout", str(timeout)]  # fmt: skip
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+        if not out.exists():
+            return {"seed": seed, "kernels": kernels, "ran": False, "error": (proc.stderr or proc.stdout)[-500:], "checks": {}}
+        row = json.loads(out.read_text())["chapters"][0]
+    checks = {name: {"ok": name not in row["not_held"], "value": value} for name, value in row["metrics"].items()}
+    return {"seed": seed, "kernels": kernels, "ran": row["ran"], "error": row["error"], "wall_seconds": row["wall_seconds"],
+            "checks": checks}  # fmt: skip
+
+
+def summarize(runs: list[dict]) -> dict:
+    """For each check: in how many runs it held, out of how many ran, and its values in run order."""
+    names: dict[str, None] = {}
+    for r in runs:
+        names.update(dict.fromkeys(r["checks"]))
+    out = {}
+    for name in names:
+        seen = [r["checks"][name] for r in runs if name in r["checks"]]
+        out[name] = {"held": sum(c["ok"] for c in seen), "runs": len(runs), "values": [c["value"] for c in seen]}
+    return out
+
+
+def table(result: dict) -> str:
+    lines = []
+    for stem, ch in result["chapters"].items():
+        walls = [r["wall_seconds"] for r in ch["runs"] if r.get("wall_seconds")]
+        ran = sum(r["ran"] for r in ch["runs"])
+        lines.append(f"\n## {stem}: {ran}/{len(ch['runs'])} runs completed; wall {min(walls, default=0):.0f}-{max(walls, default=0):.0f} s "
+                     f"(one thread, {ch['jobs']} at a time)")  # fmt: skip
+        lines.append("| check | held | values (" + ", ".join(f"s{r['seed']}/{r['kernels']}" for r in ch["runs"]) + ") |")
+        lines.append("|---|---|---|")
+        for name, s in ch["summary"].items():
+            mark = "" if s["held"] == s["runs"] else " **"
+            lines.append(f"| {name} | {s['held']}/{s['runs']}{mark} | {' · '.join(s['values'])} |")
+        for r in ch["runs"]:
+            if not r["ran"]:
+                lines.append(f"- seed {r['seed']}, {r['kernels']}: did not run to the end: {r['error']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--chapters", nargs="*", default=None, help="chapter number prefixes (05 08) or stems; default all")
+    p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    p.add_argument("--kernels", nargs="*", choices=tuple(KERNELS), default=["native", "default"])
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time, one torch thread each")
+    p.add_argument("--out", default=str(ROOT / "bench" / "robustness.json"))
+    p.add_argument("--timeout", type=int, default=1800, help="seconds one cell may run")
+    args = p.parse_args(argv)
+    if args.jobs < 1:
+        raise SystemExit("--jobs must be at least 1")
+    out = Path(args.out)
+    result = json.loads(out.read_text()) if out.exists() else {"chapters": {}}
+    import torch
+
+    for path in chapters(args.chapters):
+        plan = [(s, k) for s in args.seeds for k in args.kernels]
+        start = time.perf_counter()
+        with ThreadPoolExecutor(args.jobs) as pool:
+            runs = list(pool.map(lambda sk, path=path: run_one(path, sk[0], sk[1], args.timeout), plan))
+        result["chapters"][path.stem] = {
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+            "cpu": cpu_model(),
+            "native kernels": torch.backends.cpu.get_cpu_capability(),
+            "torch": torch.__version__,
+            "jobs": args.jobs,
+            "seconds": round(time.perf_counter() - start, 1),
+            "runs": runs,
+            "summary": summarize(runs),
+        }
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")  # after each chapter: a long run keeps what it measured
+        print(table({"chapters": {path.stem: result["chapters"][path.stem]}}), flush=True)
+    print(f"\nwritten to {out}")
+    bad = [
+        stem
+        for stem in (p.stem for p in chapters(args.chapters))
+        if any(not r["ran"] for r in result["chapters"][stem]["runs"])
+        or any(s["held"] < s["runs"] for s in result["chapters"][stem]["summary"].values())
+    ]
+    if bad:
+        print(f"chapters with a check that did not hold in every run, or a run that failed: {' '.join(bad)}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
