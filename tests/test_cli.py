@@ -79,11 +79,11 @@ def test_train_resume_sample_and_early_stopping(tmp_path, capsys):
 def test_a_chapter_loads_what_the_cli_trained(tmp_path, monkeypatch, capsys):
     assert cli.main(["train", "vae", "--steps", "3", "--out", str(tmp_path), "--quiet"]) == 0
     monkeypatch.setenv("GENBOOK_CHECKPOINTS", str(tmp_path))
-    (row,) = compare.compare(seconds=0.3, families=("VAE",), n_test=24)
+    (row,) = compare.compare(3, families=("VAE",), n_test=24)
     assert row.source == "loaded" and row.train_steps == 3
     assert "loaded from" in capsys.readouterr().out
     stamp = (tmp_path / "vae-digits.pt").read_bytes()
-    (fresh,) = compare.compare(seconds=0.3, families=("VAE",), n_test=24, checkpoints=False)  # retrain, save nothing
+    (fresh,) = compare.compare(3, families=("VAE",), n_test=24, checkpoints=False)  # retrain, save nothing
     assert fresh.source == "trained" and (tmp_path / "vae-digits.pt").read_bytes() == stamp
     # a checkpoint of another size is refused by name, and nothing is overwritten
     assert cli.main(["train", "flow", "--steps", "2", "--out", str(tmp_path), "--quiet"]) == 0
@@ -91,7 +91,7 @@ def test_a_chapter_loads_what_the_cli_trained(tmp_path, monkeypatch, capsys):
     stamp = (tmp_path / "GAN-renamed.pt").read_bytes()
     (tmp_path / "gan-digits.pt").write_bytes(stamp)
     with pytest.raises(CheckpointMismatch, match="family"):
-        compare.compare(seconds=0.3, families=("GAN",), n_test=24)
+        compare.compare(3, families=("GAN",), n_test=24)
     assert (tmp_path / "gan-digits.pt").read_bytes() == stamp
 
 

@@ -346,3 +346,15 @@ def test_independent_pixel_nll_matches_a_loop_over_pixels():
             by_hand += -(counts / counts.sum()).log()[test[:, 0, i, j]].sum().item()
     assert abs(nll.nats - by_hand / len(test)) < 1e-3 and nll.dims == 64 and not nll.bound
     assert nll.nats < metrics.uniform_nll().nats
+
+
+def test_classifier_training_leaves_the_callers_state_alone():
+    """Trained from inside a no_grad caller (a fresh machine's first FD), it still trains, and the caller's random
+    stream is the same as if the classifier had been cached: a chapter's numbers must not depend on the cache."""
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    with torch.no_grad():
+        model = metrics.train_digits_classifier({"steps": 3, "batch": 8})
+    assert torch.equal(torch.rand(3), expected)
+    assert isinstance(model, metrics.DigitsClassifier) and not model.training

@@ -141,19 +141,23 @@ def train_digits_classifier(recipe: dict | None = None) -> DigitsClassifier:
     """Train the harness classifier on the digits train split, deterministically (fixed seed, CPU)."""
     r = {**CLASSIFIER_RECIPE, **(recipe or {})}
     g = torch.Generator().manual_seed(r["seed"])
-    torch.manual_seed(r["seed"])  # weight init
-    model = DigitsClassifier(r["width"], r["feature_dim"])
-    train = data.digits("train")
-    x, y = train.unit(), train.y
-    opt = torch.optim.Adam(model.parameters(), lr=r["lr"])
-    model.train()
-    for _ in range(r["steps"]):
-        idx = torch.randint(0, len(x), (r["batch"],), generator=g)
-        xb = _random_shift(x[idx], r["shift"], g) if r["shift"] else x[idx]
-        loss = F.cross_entropy(model(xb), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    # The caller's random stream is left as it was, and gradients are on even inside a no_grad caller (the first FD
+    # of a fresh machine trains this from inside ``features``): a chapter's numbers must not depend on whether the
+    # classifier was cached.
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():
+        torch.manual_seed(r["seed"])  # weight init
+        model = DigitsClassifier(r["width"], r["feature_dim"])
+        train = data.digits("train")
+        x, y = train.unit(), train.y
+        opt = torch.optim.Adam(model.parameters(), lr=r["lr"])
+        model.train()
+        for _ in range(r["steps"]):
+            idx = torch.randint(0, len(x), (r["batch"],), generator=g)
+            xb = _random_shift(x[idx], r["shift"], g) if r["shift"] else x[idx]
+            loss = F.cross_entropy(model(xb), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
     return model.eval().requires_grad_(False)
 
 
