@@ -101,6 +101,18 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def summary_table(result: dict) -> str:
+    """One line per chapter, for the README and the instructor's page: how many of its claims held in every run."""
+    lines = ["| chapter | runs (seeds x kernels) | claims held in every run | claims that did not |", "|---|---|---|---|"]
+    for stem, ch in sorted(result["chapters"].items()):
+        runs = ch["runs"]
+        plan = f"{len(runs)} ({'/'.join(sorted({str(r['seed']) for r in runs}))} x {'/'.join(sorted({r['kernels'] for r in runs}))})"
+        held = [n for n, s in ch["summary"].items() if s["held"] == s["runs"]]
+        missed = [f"{n} ({s['held']}/{s['runs']})" for n, s in ch["summary"].items() if s["held"] < s["runs"]]
+        lines.append(f"| {stem} | {plan} | {len(held)} of {len(ch['summary'])} | {'; '.join(missed) or 'none'} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--chapters", nargs="*", default=None, help="chapter number prefixes (05 08) or stems; default all")
@@ -109,7 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=2, help="runs at a time, one torch thread each")
     p.add_argument("--out", default=str(ROOT / "bench" / "robustness.json"))
     p.add_argument("--timeout", type=int, default=1800, help="seconds one cell may run")
+    p.add_argument("--summary", action="store_true", help="print the per-chapter summary of --out as markdown and run nothing")
     args = p.parse_args(argv)
+    if args.summary:
+        print(summary_table(json.loads(Path(args.out).read_text())))
+        return 0
     if args.jobs < 1:
         raise SystemExit("--jobs must be at least 1")
     out = Path(args.out)

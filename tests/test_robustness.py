@@ -1,0 +1,63 @@
+"""The robustness protocol's instrument (tools/robustness.py): what each run is given, and how runs are tabulated.
+
+Running chapters is too slow for the unit tests; ``make robustness`` does that. Here the chapter run is replaced by
+a stand-in that records the environment it was given and reports checks, so the bookkeeping is tested exactly."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("robustness", ROOT / "tools" / "robustness.py")
+robustness = importlib.util.module_from_spec(_spec)
+sys.modules["robustness"] = robustness
+_spec.loader.exec_module(robustness)
+
+
+@pytest.fixture
+def fake_bench(monkeypatch):
+    """subprocess.run stand-in: writes bench.py's JSON with one check whose value is the seed, failing for seed 2."""
+    seen = []
+
+    def run(cmd, env, **kwargs):
+        seen.append(env)
+        out = Path(cmd[cmd.index("--out") + 1])
+        seed = int(env["GENBOOK_SEED"])
+        row = {"ran": True, "error": None, "wall_seconds": 1.5, "metrics": {"claim": str(seed), "always": "1"},
+               "not_held": ["claim"] if seed == 2 else []}  # fmt: skip
+        out.write_text(json.dumps({"chapters": [row]}))
+        return None
+
+    monkeypatch.setenv("GENBOOK_STRICT", "1")  # a developer's setting must not reach the runs
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    monkeypatch.setattr(robustness.subprocess, "run", run)
+    return seen
+
+
+def test_each_run_gets_its_seed_kernels_and_one_thread(fake_bench):
+    chapter = ROOT / "chapters" / "01_introduction.ipynb"
+    native = robustness.run_one(chapter, 1, "native", 60)
+    default = robustness.run_one(chapter, 2, "default", 60)
+    env_native, env_default = fake_bench
+    assert env_native["GENBOOK_SEED"] == "1" and env_native["GENBOOK_THREADS"] == "1" and env_native["OMP_NUM_THREADS"] == "1"
+    assert "ATEN_CPU_CAPABILITY" not in env_native and "GENBOOK_STRICT" not in env_native
+    assert env_default["ATEN_CPU_CAPABILITY"] == "default" and "GENBOOK_STRICT" not in env_default
+    assert native["checks"]["claim"] == {"ok": True, "value": "1"}
+    assert default["checks"]["claim"] == {"ok": False, "value": "2"}
+
+
+def test_summary_counts_the_runs_each_claim_held_in(fake_bench, tmp_path, capsys):
+    out = tmp_path / "robustness.json"
+    status = robustness.main(["--chapters", "01", "--seeds", "0", "1", "2", "--kernels", "native", "--jobs", "2", "--out", str(out)])
+    assert status == 1  # one claim did not hold in one run
+    result = json.loads(out.read_text())
+    ch = result["chapters"]["01_introduction"]
+    assert [r["seed"] for r in ch["runs"]] == [0, 1, 2]
+    assert ch["summary"]["claim"] == {"held": 2, "runs": 3, "values": ["0", "1", "2"]}
+    assert ch["summary"]["always"]["held"] == 3
+    assert "| claim | 2/3 ** |" in capsys.readouterr().out
+    table = robustness.summary_table(result)
+    assert "| 01_introduction | 3 (0/1/2 x native) | 1 of 2 | claim (2/3) |" in table
