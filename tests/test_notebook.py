@@ -119,3 +119,20 @@ def test_show_source_prints_without_ipython(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert out.startswith("# genbook.runtime.Runtime.pick")
     assert "def pick(self" in out
+
+
+def test_finding_prints_records_and_never_raises(monkeypatch, capsys, tmp_path):
+    """A finding is printed and recorded beside the checks (run report, GENBOOK_REPORT), even under GENBOOK_STRICT."""
+    monkeypatch.setenv("GENBOOK_STRICT", "1")
+    report = tmp_path / "report.jsonl"
+    monkeypatch.setenv("GENBOOK_REPORT", str(report))
+    rt = runtime.setup(seed=0, profile="fast", device="cpu", quiet=True)
+    assert notebook.finding("best GAN minus diffusion", -0.0234, "varies with the seed") is None
+    assert capsys.readouterr().out.strip() == "FINDING best GAN minus diffusion: -0.0234 (varies with the seed)"
+    assert rt.checks == [] and rt.findings == [("best GAN minus diffusion", "-0.0234")]
+    out = notebook.run_report()
+    assert out["findings (not checked)"] == 1
+    import json
+
+    line = json.loads(report.read_text().splitlines()[-1])
+    assert line["findings"] == [{"name": "best GAN minus diffusion", "value": "-0.0234"}]

@@ -27,7 +27,7 @@ def fake_bench(monkeypatch):
         out = Path(cmd[cmd.index("--out") + 1])
         seed = int(env["GENBOOK_SEED"])
         row = {"ran": True, "error": None, "wall_seconds": 1.5, "metrics": {"claim": str(seed), "always": "1"},
-               "not_held": ["claim"] if seed == 2 else []}  # fmt: skip
+               "not_held": ["claim"] if seed == 2 else [], "findings": {"ranking": f"{seed - 1:+d}"}}  # fmt: skip
         out.write_text(json.dumps({"chapters": [row]}))
         return None
 
@@ -58,6 +58,8 @@ def test_summary_counts_the_runs_each_claim_held_in(fake_bench, tmp_path, capsys
     assert [r["seed"] for r in ch["runs"]] == [0, 1, 2]
     assert ch["summary"]["claim"] == {"held": 2, "runs": 3, "values": ["0", "1", "2"]}
     assert ch["summary"]["always"]["held"] == 3
-    assert "| claim | 2/3 ** |" in capsys.readouterr().out
+    assert ch["findings"] == {"ranking": ["-1", "+0", "+1"]}
+    printed = capsys.readouterr().out
+    assert "| claim | 2/3 ** |" in printed and "| finding (not checked): ranking | n/a | -1 · +0 · +1 |" in printed
     table = robustness.summary_table(result)
     assert "| 01_introduction | 3 (0/1/2 x native) | 1 of 2 | claim (2/3) |" in table

@@ -80,6 +80,7 @@ def run_chapter(path: Path, profile: str, timeout: int) -> dict:
         "not_held": [c["name"] for c in checks if not c["ok"]],
         "device": rec.get("device"),
         "metrics": {c["name"]: c["value"] for c in checks},
+        "findings": {f["name"]: f["value"] for f in rec.get("findings", [])},
     }
 
 

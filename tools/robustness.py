@@ -68,7 +68,7 @@ def run_one(chapter: Path, seed: int, kernels: str, timeout: int) -> dict:
         row = json.loads(out.read_text())["chapters"][0]
     checks = {name: {"ok": name not in row["not_held"], "value": value} for name, value in row["metrics"].items()}
     return {"seed": seed, "kernels": kernels, "ran": row["ran"], "error": row["error"], "wall_seconds": row["wall_seconds"],
-            "checks": checks}  # fmt: skip
+            "checks": checks, "findings": row.get("findings", {})}  # fmt: skip
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -83,6 +83,14 @@ def summarize(runs: list[dict]) -> dict:
     return out
 
 
+def summarize_findings(runs: list[dict]) -> dict:
+    """For each finding (a printed result that is not a claim): its values in run order."""
+    names: dict[str, None] = {}
+    for r in runs:
+        names.update(dict.fromkeys(r.get("findings", {})))
+    return {name: [r["findings"][name] for r in runs if name in r.get("findings", {})] for name in names}
+
+
 def table(result: dict) -> str:
     lines = []
     for stem, ch in result["chapters"].items():
@@ -95,6 +103,8 @@ def table(result: dict) -> str:
         for name, s in ch["summary"].items():
             mark = "" if s["held"] == s["runs"] else " **"
             lines.append(f"| {name} | {s['held']}/{s['runs']}{mark} | {' · '.join(s['values'])} |")
+        for name, values in ch.get("findings", {}).items():
+            lines.append(f"| finding (not checked): {name} | n/a | {' · '.join(values)} |")
         for r in ch["runs"]:
             if not r["ran"]:
                 lines.append(f"- seed {r['seed']}, {r['kernels']}: did not run to the end: {r['error']}")
@@ -146,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": round(time.perf_counter() - start, 1),
             "runs": runs,
             "summary": summarize(runs),
+            "findings": summarize_findings(runs),
         }
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1) + "\n")  # after each chapter: a long run keeps what it measured

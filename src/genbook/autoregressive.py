@@ -349,7 +349,8 @@ def maskgit_sample(
 
     Confidence is log p of the sampled token plus Gumbel noise scaled by ``choice_temperature`` (1 - s / steps),
     as in MaskGIT's released sampler, whose configuration sets it to 4.5. (On chapter 5's 16-token code grids a
-    weight of 2 was erratic: over seeds 0-2 and two kernel sets, 8 steps were sometimes worse than 1.) Chang et al. 2022, section 3.2. Returns grids (n, g, g) long.
+    weight of 2 was erratic: over seeds 0-2 and two kernel sets, 8 steps were sometimes worse than 1.)
+    Chang et al. 2022, section 3.2. Returns grids (n, g, g) long.
     """
     g_side, t = model.cfg.grid, model.cfg.grid**2
     device = next(model.parameters()).device

@@ -70,6 +70,17 @@ def check(name: str, condition: bool, value: Any = None, expect: str = "") -> No
     print(f"PASS {name}{shown}{wanted}")
 
 
+def finding(name: str, value: Any, note: str = "") -> None:
+    """State a measured result that is *not* a claim: it varies from run to run by more than a margin could absorb
+    (a ranking that flips with the seed, a tendency of a small budget). It prints ``FINDING name: value (note)``,
+    never raises, and is recorded beside the checks (run report, ``GENBOOK_REPORT``), so ``make robustness`` shows
+    its spread over seeds and machines and the text can say how often it went which way."""
+    rt = runtime.current()
+    if rt is not None:
+        rt.findings.append((name, _fmt(value)))
+    print(f"FINDING {name}: {_fmt(value)}" + (f" ({note})" if note else ""))
+
+
 def strict() -> bool:
     """True under ``GENBOOK_STRICT=1`` (``make test`` and CI): a claim that does not hold is an error."""
     return os.environ.get("GENBOOK_STRICT", "") not in ("", "0")
@@ -117,6 +128,7 @@ def run_report(rt: runtime.Runtime | None = None) -> dict[str, Any]:
         "wall time (s)": round(rt.elapsed(), 1),
         "checks passed": f"{passed}/{len(rt.checks)}",
         **({"checks not held": "; ".join(not_held)} if not_held else {}),
+        **({"findings (not checked)": len(rt.findings)} if rt.findings else {}),
         "date": time.strftime("%Y-%m-%d"),
         **runtime.versions(),
     }
@@ -137,8 +149,10 @@ def _record(rt: runtime.Runtime, report: dict[str, Any]) -> None:
     path = os.environ.get("GENBOOK_REPORT")
     if path:
         checks = [{"name": n, "ok": ok, "value": v} for n, ok, v in rt.checks]
+        findings = [{"name": n, "value": v} for n, v in rt.findings]
         line = {**report, "wall_seconds": round(rt.elapsed(), 2), "peak_gpu_mb": peak_memory_mb(rt.device),
-                "peak_gpu_reserved_mb": peak_memory_mb(rt.device, reserved=True), "checks": checks}  # fmt: skip
+                "peak_gpu_reserved_mb": peak_memory_mb(rt.device, reserved=True), "checks": checks,
+                "findings": findings}  # fmt: skip
         with open(path, "a") as f:
             f.write(json.dumps(line) + "\n")
 

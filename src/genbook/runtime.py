@@ -162,6 +162,7 @@ class Runtime:
     amp_dtype: torch.dtype | None
     started: float = field(default_factory=time.perf_counter)
     checks: list[tuple[str, bool, str]] = field(default_factory=list)
+    findings: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def fast(self) -> bool:
