@@ -153,3 +153,38 @@ def test_maskgit_sampling_fills_every_token_in_the_given_number_of_passes():
         assert grids.shape == (6, 4, 4) and grids.max() < 7 and grids.min() >= 0  # no [MASK] left
     again = ar.maskgit_sample(model, 6, steps=8, generator=torch.Generator().manual_seed(0))
     assert torch.equal(grids, again)
+
+
+class _SharpFirstHalf(torch.nn.Module):
+    """A stand-in MaskGIT: certain about the first 8 of 16 positions, uniform over the rest; records its inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.cfg = ar.MaskGITConfig(vocab=5, grid=4)
+        self.mask_id = 5
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+        self.inputs = []
+
+    def forward(self, tokens):
+        self.inputs.append(tokens.clone())
+        logits = torch.zeros(*tokens.shape, 5)
+        logits[:, :8, 0] = 20.0
+        return logits
+
+
+def test_maskgit_confidence_order_keeps_the_sure_tokens_and_random_order_does_not():
+    """After step 1 of 2, 5 of 16 tokens are kept: by confidence (no noise) always among the 8 certain positions; in
+    random order, over 20 draws, the kept tokens land on the uncertain half too, about as often as on the certain."""
+    kept_uncertain = {}
+    for random_order in (False, True):
+        model, count = _SharpFirstHalf(), 0
+        for seed in range(20):
+            ar.maskgit_sample(
+                model, 4, steps=2, choice_temperature=0.0, random_order=random_order, generator=torch.Generator().manual_seed(seed)
+            )
+            kept = model.inputs[-1] != model.mask_id  # the grid the second pass sees
+            assert int(kept.sum(1).unique()) == 5
+            count += int(kept[:, 8:].sum())
+        kept_uncertain[random_order] = count / (20 * 4 * 5)
+    assert kept_uncertain[False] == 0
+    assert 0.3 < kept_uncertain[True] < 0.7
