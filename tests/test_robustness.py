@@ -63,3 +63,4 @@ def test_summary_counts_the_runs_each_claim_held_in(fake_bench, tmp_path, capsys
     assert "| claim | 2/3 ** |" in printed and "| finding (not checked): ranking | n/a | -1 · +0 · +1 |" in printed
     table = robustness.summary_table(result)
     assert "| 01_introduction | 3 (0/1/2 x native) | 1 of 2 | claim (2/3) |" in table
+    assert "| 02_vae | not run under the protocol yet | | |" in table  # every chapter has a line

@@ -114,7 +114,12 @@ def table(result: dict) -> str:
 def summary_table(result: dict) -> str:
     """One line per chapter, for the README and the instructor's page: how many of its claims held in every run."""
     lines = ["| chapter | runs (seeds x kernels) | claims held in every run | claims that did not |", "|---|---|---|---|"]
-    for stem, ch in sorted(result["chapters"].items()):
+    stems = sorted({p.stem for p in chapters(None)} | set(result["chapters"]))
+    for stem in stems:
+        ch = result["chapters"].get(stem)
+        if ch is None:
+            lines.append(f"| {stem} | not run under the protocol yet | | |")
+            continue
         runs = ch["runs"]
         plan = f"{len(runs)} ({'/'.join(sorted({str(r['seed']) for r in runs}))} x {'/'.join(sorted({r['kernels'] for r in runs}))})"
         held = [n for n, s in ch["summary"].items() if s["held"] == s["runs"]]
