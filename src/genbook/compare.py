@@ -86,8 +86,8 @@ def snap(x01: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- training and scoring each family
-# The networks and samplers are ``genbook.recipes``'s; what follows is how chapter 10 trains each one for a
-# wall-clock budget (as its chapter does: early stopping on the validation digits where the chapter uses it) and
+# The networks and samplers are ``genbook.recipes``'s; what follows is how chapter 10 trains each one for its
+# step budget (``budget``) (as its chapter does: early stopping on the validation digits where the chapter uses it) and
 # how it measures each one's likelihood.
 
 

@@ -1,7 +1,9 @@
 """Helpers that make a chapter honest: visible checks, source on the page, and the run report.
 
 ``check`` is how a chapter states a claim: it prints a pass line that readers see in the
-rendered book, and raises with a clear message when the claim stops holding, so nbval fails.
+rendered book; when the claim stops holding it prints a NOT HELD banner and the chapter goes on, or,
+under ``GENBOOK_STRICT=1`` (``make test``, CI), raises with a clear message so nbval fails.
+``finding`` states a measured result that is not a claim.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def _fmt(value: Any) -> str:
 
 
 def check(name: str, condition: bool, value: Any = None, expect: str = "") -> None:
-    """Assert a chapter claim: print ``PASS name: value (expect)`` or raise :class:`CheckFailed`.
+    """State a chapter claim: print ``PASS name: value (expect)``, or ``NOT HELD ...`` (``CheckFailed`` if strict).
 
     ``value`` is the measured number(s) the claim is about and ``expect`` the condition in words
     (e.g. ``"> 0.95"``); both appear on the page. Returns None, so a check can end a cell
