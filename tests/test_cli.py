@@ -202,3 +202,37 @@ def test_bench_runs_a_chapter_on_the_cpu(tmp_path):
     assert 0 < row["chapter_seconds"] <= row["wall_seconds"] and row["peak_gpu_mb"] is None
     assert all(isinstance(v, str) for v in row["metrics"].values()) and len(row["metrics"]) == row["checks_total"]
     assert "| 01_introduction | yes |" in done.stdout
+
+
+@pytest.mark.parametrize("damage", ["random bytes", "text", "truncated", "empty", "other torch file", "another family"])
+def test_a_damaged_or_foreign_checkpoint_gets_one_clear_line(tmp_path, capsys, damage):
+    assert cli.main(["train", "vae", "--steps", "2", "--out", str(tmp_path), "--quiet", "--sample-every", "0"]) == 0
+    good = tmp_path / "vae-digits.pt"
+    bad = tmp_path / "bad.pt"
+    if damage == "random bytes":
+        bad.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8).numpy().tobytes())
+    elif damage == "text":
+        bad.write_text("these are my notes, not a checkpoint\n")
+    elif damage == "truncated":
+        bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    elif damage == "empty":
+        bad.write_bytes(b"")
+    elif damage == "other torch file":
+        torch.save({"weights": torch.zeros(3)}, bad)
+    else:  # a VAE's checkpoint handed to a diffusion model
+        bad = good
+    if damage == "another family":
+        cfg = recipes.ModelConfig("diffusion")
+        with pytest.raises(CheckpointMismatch, match="different config"):
+            load_checkpoint(bad, recipes.recipe("diffusion").build(cfg)["net"], cfg)
+        return
+    assert cli.main(["sample", str(bad), "--png", str(tmp_path / "s.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err  # one line, no traceback
+    assert str(bad) in err and "train again" in err
+    assert "weights_only" not in err and "Traceback" not in err
+    assert not (tmp_path / "s.png").exists()
+    with pytest.raises(CheckpointMismatch) as info:  # the package's own loader says the same
+        load_checkpoint(bad, recipes.recipe("vae").build(recipes.ModelConfig("vae"))["net"], recipes.ModelConfig("vae"))
+    assert "weights_only" not in str(info.value)
+    assert good.exists()  # nothing else was touched

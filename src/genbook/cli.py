@@ -41,7 +41,7 @@ from torch import nn
 from genbook import data, recipes
 from genbook.notebook import peak_memory_mb, progress
 from genbook.runtime import ConfigError, amp_dtype, resolve_device
-from genbook.train import EMA, CheckpointMismatch, has_convolutions, save_checkpoint, weights_hash
+from genbook.train import EMA, CheckpointMismatch, has_convolutions, read_checkpoint, save_checkpoint, weights_hash
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -212,7 +212,8 @@ def _train(args, r: recipes.Recipe, cfg: recipes.ModelConfig, d: _Dist, out: Pat
     ema = EMA(nets["net"], decay=r.ema, warmup=True) if r.ema else None  # warm-up: short runs, as in chapter 10
     step, seconds_before, history, val_history, best = 0, 0.0, [], [], None
     if args.resume:
-        state = torch.load(state_path, map_location=device, weights_only=True)
+        keys = ("config", "objective", "optimizers", "step", "seconds", "val")
+        state = read_checkpoint(state_path, keys=keys, what="training state", map_location=device)
         if state["config"] != cfg.__dict__:
             raise CheckpointMismatch(f"--resume: {state_path} was trained with {state['config']}, not {cfg.__dict__}")
         objective.load_state_dict(state["objective"])

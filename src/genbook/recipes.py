@@ -35,7 +35,7 @@ from genbook import diffusion as dif
 from genbook import flow_matching as fm
 from genbook.nets import DCGANDiscriminator, DCGANGenerator, UNet, UNetConfig
 from genbook.runtime import ConfigError
-from genbook.train import CheckpointMismatch, load_checkpoint
+from genbook.train import CheckpointMismatch, load_checkpoint, read_checkpoint
 
 LEVELS = data.DIGIT_LEVELS
 SIZES = (8, 16, 28, 32)  # what every family's network supports (DCGAN's generator sets the list)
@@ -257,9 +257,9 @@ def load(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[n
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}; train one with `python -m genbook train FAMILY --out {path.parent}`")
-    saved = torch.load(path, map_location="cpu", weights_only=True).get("config", {})
+    saved = read_checkpoint(path, what="recipe checkpoint")["config"]
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    if set(saved) != fields:
+    if not isinstance(saved, dict) or set(saved) != fields:
         raise CheckpointMismatch(f"{path} is not a recipe checkpoint (its config has fields {sorted(saved)}, not {sorted(fields)})")
     cfg = ModelConfig(**saved)
     net = recipe(cfg.family).build(cfg)["net"]

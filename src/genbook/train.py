@@ -281,6 +281,33 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: Any, **ex
     return path
 
 
+def read_checkpoint(
+    path: str | os.PathLike, keys: tuple[str, ...] = ("state_dict", "config"), what: str = "genbook checkpoint", map_location: Any = "cpu"
+) -> dict:
+    """Read a file written by :func:`save_checkpoint` (or the CLI's training state), tensors and plain data only.
+
+    ``torch.load(weights_only=True)`` never runs code, but on a file that is not a checkpoint (random bytes, a text
+    file, a truncated download) it raises an unpickling error whose advice is to retry with ``weights_only=False``,
+    which would run whatever code the file holds. This turns every such failure into a :class:`CheckpointMismatch`
+    that names the file and says what to do, and never passes that advice on. ``keys`` are the entries the payload
+    must have; ``map_location`` is ``torch.load``'s.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    todo = "delete it and train again (python -m genbook train FAMILY), or pass the checkpoint you meant"
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # garbage makes torch's unpickler raise almost anything (IndexError, EOFError, ...)
+        kind = "is empty" if path.stat().st_size == 0 else "is truncated or damaged, or is not a checkpoint at all"
+        # the exception's class, never its text: torch's text recommends weights_only=False
+        raise CheckpointMismatch(f"{path} {kind} (torch could not read it as a {what}: {type(exc).__name__}); {todo}") from None
+    if not isinstance(payload, dict) or any(k not in payload for k in keys):
+        found = sorted(map(str, payload)) if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointMismatch(f"{path} is a torch file but not a {what} (it holds {found}, not {list(keys)}); {todo}")
+    return payload
+
+
 def load_checkpoint(path: str | os.PathLike, model: nn.Module, config: Any) -> dict[str, Any]:
     """Load weights saved by :func:`save_checkpoint` into ``model`` after checking the config matches.
 
@@ -288,9 +315,7 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, config: Any) -> d
     Raises :class:`CheckpointMismatch` naming the differing fields. Returns the ``extra`` dict.
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = read_checkpoint(path)
     want = _config_dict(config)
     have = payload.get("config", {})
     if have != want:
