@@ -62,9 +62,10 @@ logo: $(STAMP) ## redraw book/_static/logo.png and favicon.png with the book's f
 execute: $(STAMP) ## re-run the notebooks in place in the current profile (GENBOOK_PROFILE), keeping outputs
 	GENBOOK_STATIC=1 GENBOOK_STRICT=1 $(PY) tools/execute_notebooks.py $(NOTEBOOKS)
 
-lint: $(STAMP) ## ruff on the package, tests, tools and notebooks
+lint: $(STAMP) ## ruff on the package, tests, tools and notebooks; the GitHub workflows against their schema
 	$(VENV)/bin/ruff check src tests tools chapters
 	$(VENV)/bin/ruff format --check src tests tools chapters
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
 format: $(STAMP) ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix src tests tools chapters

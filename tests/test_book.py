@@ -91,3 +91,20 @@ def test_markdown_has_no_control_characters(nb_path):
         text = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
         bad = sorted({hex(ord(ch)) for ch in text if ord(ch) < 32 and ch not in "\n\r"})  # a tab is a "\t" gone wrong too
         assert not bad, f"{nb_path.name} cell {i} contains control characters {bad}"
+
+
+def site_url(repository: str) -> str:
+    """GitHub Pages' address for a repository URL: https://github.com/OWNER/NAME -> https://OWNER.github.io/NAME/."""
+    owner, name = repository.removeprefix("https://github.com/").split("/")[:2]
+    return f"https://{owner.lower()}.github.io/{name}/"
+
+
+def test_workflows_test_and_publish_the_configured_book():
+    """CI runs `make test`; the publish workflow deploys the built book; the README links the site of _config.yml's repository."""
+    workflows = ROOT / ".github" / "workflows"
+    test_yml, publish_yml = (workflows / "test.yml").read_text(), (workflows / "publish.yml").read_text()
+    assert "pull_request" in test_yml and "run: make test" in test_yml
+    assert "actions/upload-pages-artifact" in publish_yml and "path: _build/html" in publish_yml
+    assert "actions/deploy-pages" in publish_yml and "pages: write" in publish_yml
+    assert site_url(REPO) in (ROOT / "README.md").read_text(), f"the README should link the site {site_url(REPO)}"
+    assert site_url("https://github.com/Some-Owner/some-book") == "https://some-owner.github.io/some-book/"

@@ -3,9 +3,12 @@
 # Needs root or passwordless sudo and apt-get; where neither is available it says so, and the site test then skips
 # with a loud message instead of failing.
 set -uo pipefail
-if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
-  exit 0
-fi
+# any browser the site test accepts (GitHub's Ubuntu runners bring google-chrome and chromedriver)
+for browser in chromium chromium-browser google-chrome; do
+  if command -v "$browser" >/dev/null && command -v chromedriver >/dev/null; then
+    exit 0
+  fi
+done
 if ! command -v apt-get >/dev/null; then
   echo "install_browser: no apt-get here; install Chromium and chromedriver yourself to run the site test" >&2
   exit 0
