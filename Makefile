@@ -11,7 +11,7 @@ CHAPTERS ?=
 SEEDS ?= 0 1 2
 KERNELS ?= native default
 
-.PHONY: help install book student test test-unit test-notebooks test-book test-site robustness logo execute lint format clean distclean
+.PHONY: help install book student test test-unit test-integration test-notebooks test-book test-site robustness logo execute lint format clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -35,12 +35,16 @@ student: $(STAMP) ## student copies of the chapters in _student/chapters/: solut
 test: $(STAMP) ## everything CI runs: lint, unit tests, notebooks (fast profile, nbval), book with warnings as errors, site in Chromium
 	$(MAKE) lint
 	$(MAKE) test-unit
+	$(MAKE) test-integration
 	$(MAKE) test-notebooks
 	$(MAKE) test-book
 	$(MAKE) test-site
 
-test-unit: $(STAMP) ## pytest on the package (CPU, seconds)
-	GENBOOK_PROFILE=fast $(PY) -m pytest tests/ --ignore=tests/site -q --durations=5
+test-unit: $(STAMP) ## pytest on the package (CPU, under a minute on a quiet machine), without the integration tests
+	GENBOOK_PROFILE=fast $(PY) -m pytest tests/ --ignore=tests/site -m "not integration" -q --durations=10
+
+test-integration: $(STAMP) ## the slow end-to-end tests: torchrun on two processes, torch.compile, bench on a chapter
+	GENBOOK_PROFILE=fast $(PY) -m pytest tests/ --ignore=tests/site -m integration -q --durations=5
 
 test-notebooks: $(STAMP) ## run every chapter with nbval in the fast profile (lax: cells must run; GENBOOK_STRICT=1: checks raise)
 	GENBOOK_PROFILE=fast GENBOOK_STATIC=1 GENBOOK_STRICT=1 $(PY) -m pytest --nbval-lax --nbval-cell-timeout=900 -p no:cacheprovider $(NOTEBOOKS) -q --durations=0

@@ -27,6 +27,7 @@ TORCHRUN = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--
 TRAIN_ARGS = ["--device", "cpu", "--steps", "6", "--batch-size", "16", "--checkpoint-every", "4", "--sample-every", "3", "--quiet"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("family", ["gan", "diffusion", "flow"])
 def test_torchrun_two_processes_end_with_the_same_weights(tmp_path, family):
     # gan: two optimizers, DDP with unused parameters in the D step, R1's double backward, BatchNorm buffers;
@@ -46,6 +47,7 @@ def test_torchrun_two_processes_end_with_the_same_weights(tmp_path, family):
     assert len(summary["samples"]) == 2 and all(Path(p).exists() for p in summary["samples"])  # steps 3 and 6
 
 
+@pytest.mark.integration
 def test_torchrun_without_gradient_averaging_is_caught(tmp_path):
     # The same launch with DistributedDataParallel replaced by the bare module: the replicas drift apart, and the
     # command must say so and fail rather than save one process's weights as if they were everyone's.
@@ -167,6 +169,7 @@ def test_fit_channels_last():
     assert h.loss[-1] < h.loss[0]
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="torch.compile on a CPU needs a C compiler")
 def test_fit_compile_trains_the_same_model():
     torch.manual_seed(0)
@@ -189,6 +192,7 @@ def test_fit_compile_trains_the_same_model():
     assert weights_hash(net.state_dict()) != before and h.loss[-1] < h.loss[0]  # ... and the original one was trained
 
 
+@pytest.mark.integration
 def test_bench_runs_a_chapter_on_the_cpu(tmp_path):
     out = tmp_path / "bench.json"
     cmd = ["bash", str(ROOT / "bench" / "gpu.sh"), "--chapters", "01", "--profile", "fast", "--out", str(out)]
