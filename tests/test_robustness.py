@@ -57,6 +57,7 @@ def test_summary_counts_the_runs_each_claim_held_in(fake_bench, tmp_path, capsys
     ch = result["chapters"]["01_introduction"]
     assert [r["seed"] for r in ch["runs"]] == [0, 1, 2]
     assert ch["summary"]["claim"] == {"held": 2, "runs": 3, "values": ["0", "1", "2"]}
+    assert len(ch["commit"]) >= 12  # the commit the runs were made at (with "+changes" for a changed tree)
     assert ch["summary"]["always"]["held"] == 3
     assert ch["findings"] == {"ranking": ["-1", "+0", "+1"]}
     printed = capsys.readouterr().out

@@ -43,6 +43,17 @@ KERNELS = {
 }
 
 
+def source_commit(chapter: Path) -> str:
+    """The commit the chapter and the package were run at, with "+changes" when either differed from it."""
+    git = ["git", "-C", str(ROOT)]
+    try:
+        head = subprocess.check_output([*git, "rev-parse", "--short=12", "HEAD"], text=True).strip()
+        dirty = subprocess.check_output([*git, "status", "--porcelain", "--", str(chapter), "src"], text=True).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head + ("+changes" if dirty else "")
+
+
 def run_one(chapter: Path, seed: int, kernels: str, timeout: int) -> dict:
     """One chapter, one seed, one kernel set, in its own process (bench.py), one torch thread."""
     env = {k: v for k, v in os.environ.items() if k not in ("GENBOOK_STRICT", *KERNELS["avx2"])}
@@ -144,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             runs = list(pool.map(lambda sk, path=path: run_one(path, sk[0], sk[1], args.timeout), plan))
         result["chapters"][path.stem] = {
             "date": time.strftime("%Y-%m-%d %H:%M"),
+            "commit": source_commit(path),
             "cpu": cpu_model(),
             "native kernels": torch.backends.cpu.get_cpu_capability(),
             "torch": torch.__version__,
