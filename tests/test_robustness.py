@@ -5,6 +5,7 @@ a stand-in that records the environment it was given and reports checks, so the 
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,8 +22,11 @@ _spec.loader.exec_module(robustness)
 def fake_bench(monkeypatch):
     """subprocess.run stand-in: writes bench.py's JSON with one check whose value is the seed, failing for seed 2."""
     seen = []
+    real_run = subprocess.run
 
-    def run(cmd, env, **kwargs):
+    def run(cmd, env=None, **kwargs):
+        if cmd[0] == "git":  # the commit the runs are made at
+            return real_run(cmd, env=env, **kwargs)
         seen.append(env)
         out = Path(cmd[cmd.index("--out") + 1])
         seed = int(env["GENBOOK_SEED"])
