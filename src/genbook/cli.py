@@ -185,200 +185,245 @@ def train(args: argparse.Namespace) -> dict:
         d.close()
 
 
-def _train(args, r: recipes.Recipe, cfg: recipes.ModelConfig, d: _Dist, out: Path, ckpt: Path, state_path: Path, summary_path: Path):
-    device, cuda = d.device, d.device.type == "cuda"
-    train_x, val_x = _load_data(cfg, d)
-    shard = train_x[d.rank :: d.world].to(device)  # process r trains on images r, r + W, r + 2W, ...
-    val_x = val_x.to(device)
-    smallest = len(train_x) // d.world  # the same on every process, so all of them accept or refuse together
-    batch_size = args.batch_size or min(r.batch_size, smallest)
-    if batch_size > smallest:
-        raise ConfigError(f"--batch-size {batch_size} is larger than a process's shard of the data ({smallest} images)")
-    if args.compile and not r.compiles:
-        raise ConfigError(f"--compile does not work for {r.key}: torch.compile cannot differentiate twice (its R1 penalty)")
-    lr = args.lr or r.lr
+class _Run:
+    """One ``train`` run, as named steps: set up (:meth:`__init__`, and :meth:`restore` for ``--resume``), then
+    :meth:`step` until the budget is spent, with :meth:`read_losses`, :meth:`save_samples` and :meth:`checkpoint`
+    on their schedules, then :meth:`finish`. The state lives on the object so that each step reads as what it does."""
 
-    torch.manual_seed(args.seed)  # the same initial weights everywhere (DDP also copies rank 0's at the start)
-    nets = {k: v.to(device) for k, v in r.build(cfg).items()}
-    channels_last = cuda and args.channels_last
-    if channels_last:
-        for net in nets.values():
-            if has_convolutions(net):
-                net.to(memory_format=torch.channels_last)
-    objective = r.objective(nets)
-    if r.init is not None:
-        r.init(nets, shard)
-    opts = {ph: torch.optim.Adam(objective.parameters_of(ph), lr=lr, betas=r.betas) for ph in r.phases}
-    ema = EMA(nets["net"], decay=r.ema, warmup=True) if r.ema else None  # warm-up: short runs, as in chapter 10
-    step, seconds_before, history, val_history, best = 0, 0.0, [], [], None
-    if args.resume:
+    def __init__(self, args, r: recipes.Recipe, cfg: recipes.ModelConfig, d: _Dist, out: Path, ckpt: Path, state_path: Path):
+        self.args, self.r, self.cfg, self.d = args, r, cfg, d
+        self.out, self.ckpt, self.state_path = out, ckpt, state_path
+        self.device, self.cuda = d.device, d.device.type == "cuda"
+        train_x, val_x = _load_data(cfg, d)
+        self.shard = train_x[d.rank :: d.world].to(self.device)  # process r trains on images r, r + W, r + 2W, ...
+        self.val_x = val_x.to(self.device)
+        smallest = len(train_x) // d.world  # the same on every process, so all of them accept or refuse together
+        self.batch_size = args.batch_size or min(r.batch_size, smallest)
+        if self.batch_size > smallest:
+            raise ConfigError(f"--batch-size {self.batch_size} is larger than a process's shard of the data ({smallest} images)")
+        if args.compile and not r.compiles:
+            raise ConfigError(f"--compile does not work for {r.key}: torch.compile cannot differentiate twice (its R1 penalty)")
+        self.lr = args.lr or r.lr
+        self._build()
+        self.step, self.seconds_before, self.history, self.val_history, self.best = 0, 0.0, [], [], None
+        self.scaler_states: dict = {}
+        self.samples: list[str] = []
+        self.pending: list[torch.Tensor] = []  # losses still on the device: read every 25 steps, not every step
+
+    def _build(self) -> None:
+        """The networks (the same initial weights on every process), the objective, the optimizers, the average."""
+        args, r = self.args, self.r
+        torch.manual_seed(args.seed)  # DDP also copies rank 0's weights at the start
+        self.nets = {k: v.to(self.device) for k, v in r.build(self.cfg).items()}
+        self.channels_last = self.cuda and args.channels_last
+        if self.channels_last:
+            for net in self.nets.values():
+                if has_convolutions(net):
+                    net.to(memory_format=torch.channels_last)
+        self.objective = r.objective(self.nets)
+        if r.init is not None:
+            r.init(self.nets, self.shard)
+        self.opts = {ph: torch.optim.Adam(self.objective.parameters_of(ph), lr=self.lr, betas=r.betas) for ph in r.phases}
+        self.ema = EMA(self.nets["net"], decay=r.ema, warmup=True) if r.ema else None  # warm-up: short runs, as in chapter 10
+
+    def restore(self) -> None:
+        """``--resume``: networks, optimizers, average, step, seconds and validation history from the state file."""
         keys = ("config", "objective", "optimizers", "step", "seconds", "val")
-        state = read_checkpoint(state_path, keys=keys, what="training state", map_location=device)
-        if state["config"] != cfg.__dict__:
-            raise CheckpointMismatch(f"--resume: {state_path} was trained with {state['config']}, not {cfg.__dict__}")
-        objective.load_state_dict(state["objective"])
-        for ph, opt in opts.items():
+        state = read_checkpoint(self.state_path, keys=keys, what="training state", map_location=self.device)
+        if state["config"] != self.cfg.__dict__:
+            raise CheckpointMismatch(f"--resume: {self.state_path} was trained with {state['config']}, not {self.cfg.__dict__}")
+        self.objective.load_state_dict(state["objective"])
+        for ph, opt in self.opts.items():
             opt.load_state_dict(state["optimizers"][ph])
-        scaler_states = state.get("scalers") or {}
-        if ema is not None:
-            ema.model.load_state_dict(state["ema"])
-            ema.updates = state["step"]
-        step, seconds_before, val_history = state["step"], state["seconds"], [tuple(v) for v in state["val"]]
+        self.scaler_states = state.get("scalers") or {}
+        if self.ema is not None:
+            self.ema.model.load_state_dict(state["ema"])
+            self.ema.updates = state["step"]
+        self.step, self.seconds_before, self.val_history = state["step"], state["seconds"], [tuple(v) for v in state["val"]]
         if state.get("best") is not None:
-            best = (state["best"]["loss"], state["best"]["weights"])
-    torch.manual_seed(args.seed + 1 + d.rank + 7919 * step)  # every process draws its own noise (and new noise on resume)
-    model = objective
-    if d.world > 1:
-        ids = [device.index] if cuda else None
-        model = nn.parallel.DistributedDataParallel(objective, device_ids=ids, find_unused_parameters=len(r.phases) > 1)
-    if args.compile:
-        model = torch.compile(model)
-    dtype = amp_dtype(device) if args.amp and r.amp else None
-    if dtype == torch.float16 and not r.fp16:
-        dtype = None
-    scalers = {ph: torch.amp.GradScaler("cuda") for ph in r.phases} if dtype == torch.float16 else {}
-    if args.resume:
-        for ph, sc in scalers.items():
-            if ph in scaler_states:
-                sc.load_state_dict(scaler_states[ph])
-    batches = data.Batches(shard, batch_size=batch_size, seed=args.seed + d.rank + 7919 * step)
-    clip = 1.0 if r.phases == ("main",) else None  # the chapters clip every family but the GAN
-    sample_g = torch.Generator().manual_seed(args.seed)
-    samples: list[str] = []
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
+            self.best = (state["best"]["loss"], state["best"]["weights"])
 
-    bar = progress(total=args.steps, initial=step, desc=f"{cfg.name} x{d.world}", disable=args.quiet or not d.main)
-    start = time.perf_counter()
-    objective.train()
+    def prepare(self) -> None:
+        """Noise streams, DDP, compile, mixed precision, the batches; then the clock starts."""
+        args, r, d = self.args, self.r, self.d
+        torch.manual_seed(args.seed + 1 + d.rank + 7919 * self.step)  # every process its own noise (new noise on resume)
+        self.model = self.objective
+        if d.world > 1:
+            ids = [self.device.index] if self.cuda else None
+            self.model = nn.parallel.DistributedDataParallel(self.objective, device_ids=ids, find_unused_parameters=len(r.phases) > 1)
+        if args.compile:
+            self.model = torch.compile(self.model)
+        dtype = amp_dtype(self.device) if args.amp and r.amp else None
+        self.dtype = None if dtype == torch.float16 and not r.fp16 else dtype
+        self.scalers = {ph: torch.amp.GradScaler("cuda") for ph in r.phases} if self.dtype == torch.float16 else {}
+        for ph, sc in self.scalers.items():
+            if ph in self.scaler_states:
+                sc.load_state_dict(self.scaler_states[ph])
+        self.batches = data.Batches(self.shard, batch_size=self.batch_size, seed=args.seed + d.rank + 7919 * self.step)
+        self.clip = 1.0 if r.phases == ("main",) else None  # the chapters clip every family but the GAN
+        self.sample_g = torch.Generator().manual_seed(args.seed)
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.bar = progress(total=args.steps, initial=self.step, desc=f"{self.cfg.name} x{d.world}", disable=args.quiet or not d.main)
+        self.start = time.perf_counter()
+        self.objective.train()
+        if d.main:
+            self.out.mkdir(parents=True, exist_ok=True)
 
-    def sampler_net() -> nn.Module:
-        return ema.model if ema is not None else nets["net"]
+    def out_of_time(self) -> bool:
+        """Asked every 10 steps: agreeing on it is a collective call, and a GPU sync."""
+        seconds = self.args.seconds
+        return seconds is not None and self.step % 10 == 0 and self.d.any(time.perf_counter() - self.start >= seconds)
 
-    def checkpoint() -> None:
-        nonlocal best
-        val = _val_loss(objective, val_x) if r.key != "gan" else None
-        if val is not None:
-            val_history.append((step, val))
-        keep = sampler_net()
-        if r.early_stop and val is not None:
-            if best is None or val < best[0]:
-                best = (val, {k: v.detach().clone() for k, v in nets["net"].state_dict().items()})
-            keep = copy.deepcopy(nets["net"])
-            keep.load_state_dict(best[1])
-        seconds = seconds_before + time.perf_counter() - start
-        extra = {"train_steps": step, "train_seconds": seconds, "world_size": d.world, "batch_size": batch_size * d.world}
-        if val is not None:
-            extra["val_loss"] = best[0] if r.early_stop else val
-        save_checkpoint(ckpt, keep, cfg, **extra)
-        tmp = state_path.with_suffix(".tmp")
-        torch.save(
-            {"config": cfg.__dict__, "objective": objective.state_dict(), "step": step, "seconds": seconds, "val": val_history,
-             "optimizers": {ph: o.state_dict() for ph, o in opts.items()},
-             "scalers": {ph: sc.state_dict() for ph, sc in scalers.items()},
-             "ema": ema.model.state_dict() if ema is not None else None,
-             "best": {"loss": best[0], "weights": best[1]} if best is not None else None},
-            tmp,
-        )  # fmt: skip
-        tmp.replace(state_path)  # a run killed while saving leaves the previous state whole
-
-    def save_samples() -> None:
-        net = sampler_net()
-        was = net.training
-        net.eval()
-        path = out / f"{cfg.name}-samples-{step:07d}.png"
-        _save_grid(r.sample(net, cfg, 64, sample_g), path)
-        net.train(was)
-        samples.append(str(path))
-
-    if d.main:
-        out.mkdir(parents=True, exist_ok=True)
-    pending: list[torch.Tensor] = []  # losses still on the device: read every 25 steps, not every step (no GPU stall)
-
-    def flush() -> None:
-        if pending:
-            values = torch.stack(pending).float().tolist()
-            pending.clear()
-            bad = [v for v in values if not math.isfinite(v)]
-            if bad:
-                raise FloatingPointError(f"the loss became {bad[0]} before step {step} on process {d.rank}; lower --lr")
-            history.extend(values)
-            bar.set_postfix(loss=f"{sum(history[-25:]) / len(history[-25:]):.4f}", refresh=False)
-
-    def out_of_time() -> bool:  # asked every 10 steps: agreeing on it is a collective call, and a GPU sync
-        return args.seconds is not None and step % 10 == 0 and d.any(time.perf_counter() - start >= args.seconds)
-
-    while step < args.steps and not out_of_time():
-        for ph in r.phases:
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                loss, _ = model(next(batches), ph)
-            opt, scaler = opts[ph], scalers.get(ph)
+    def train_step(self) -> None:
+        """One optimizer step per phase (the GAN: discriminator, then generator), then the weight average."""
+        for ph in self.r.phases:
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                loss, _ = self.model(next(self.batches), ph)
+            opt, scaler = self.opts[ph], self.scalers.get(ph)
             opt.zero_grad(set_to_none=True)
             (scaler.scale(loss) if scaler else loss).backward()
-            if clip is not None:
+            if self.clip is not None:
                 if scaler:
                     scaler.unscale_(opt)
-                nn.utils.clip_grad_norm_(objective.parameters_of(ph), clip)
+                nn.utils.clip_grad_norm_(self.objective.parameters_of(ph), self.clip)
             if scaler:
                 scaler.step(opt)
                 scaler.update()
             else:
                 opt.step()
-        if ema is not None:
-            ema.update(nets["net"])
-        step += 1
-        pending.append(loss.detach())
-        bar.update(1)
-        if step % 25 == 0:
-            flush()
-        if d.main and args.sample_every and step % args.sample_every == 0:
-            save_samples()
-        if d.main and step % args.checkpoint_every == 0:
-            checkpoint()
-    flush()
-    bar.close()
-    seconds = time.perf_counter() - start
-    if d.world > 1:  # DDP keeps parameters equal; make the buffers (BatchNorm's running statistics) equal too
-        for b in objective.buffers():
-            dist.broadcast(b, 0)
-    hashes = [weights_hash(objective.state_dict())]
-    if d.world > 1:
-        hashes = [None] * d.world
-        dist.all_gather_object(hashes, weights_hash(objective.state_dict()))
-        if len(set(hashes)) > 1:
-            raise RuntimeError(f"the processes ended with different weights (hashes {hashes}): DistributedDataParallel went wrong")
-    summary: dict = {}
-    if d.main:
-        if not samples or not samples[-1].endswith(f"{step:07d}.png"):
-            save_samples()
-        if step % args.checkpoint_every:
-            checkpoint()
-        tail = history[-50:]
-        summary = {
-            "config": cfg.__dict__,
-            "recipe": r.title,
-            "steps": step,
-            "seconds": round(seconds_before + seconds, 2),
-            "steps_per_second": round(len(history) / seconds, 2) if seconds > 0 else None,
-            "world_size": d.world,
-            "backend": dist.get_backend() if d.world > 1 else None,
-            "device": str(device),
-            "batch_size_per_process": batch_size,
-            "lr": lr,
-            "amp": str(dtype).replace("torch.", "") if dtype else None,
-            "channels_last": channels_last,
+        if self.ema is not None:
+            self.ema.update(self.nets["net"])
+        self.step += 1
+        self.pending.append(loss.detach())
+        self.bar.update(1)
+
+    def read_losses(self) -> None:
+        """Move the pending losses to the history; a loss that is not finite stops the run."""
+        if not self.pending:
+            return
+        values = torch.stack(self.pending).float().tolist()
+        self.pending.clear()
+        bad = [v for v in values if not math.isfinite(v)]
+        if bad:
+            raise FloatingPointError(f"the loss became {bad[0]} before step {self.step} on process {self.d.rank}; lower --lr")
+        self.history.extend(values)
+        self.bar.set_postfix(loss=f"{sum(self.history[-25:]) / len(self.history[-25:]):.4f}", refresh=False)
+
+    def sampler_net(self) -> nn.Module:
+        return self.ema.model if self.ema is not None else self.nets["net"]
+
+    def save_samples(self) -> None:
+        net = self.sampler_net()
+        was = net.training
+        net.eval()
+        path = self.out / f"{self.cfg.name}-samples-{self.step:07d}.png"
+        _save_grid(self.r.sample(net, self.cfg, 64, self.sample_g), path)
+        net.train(was)
+        self.samples.append(str(path))
+
+    def checkpoint(self) -> None:
+        """Validation loss; the sampling network (its best weights under early stopping) and the full training state."""
+        r = self.r
+        val = _val_loss(self.objective, self.val_x) if r.key != "gan" else None
+        if val is not None:
+            self.val_history.append((self.step, val))
+        keep = self.sampler_net()
+        if r.early_stop and val is not None:
+            if self.best is None or val < self.best[0]:
+                self.best = (val, {k: v.detach().clone() for k, v in self.nets["net"].state_dict().items()})
+            keep = copy.deepcopy(self.nets["net"])
+            keep.load_state_dict(self.best[1])
+        seconds = self.seconds_before + time.perf_counter() - self.start
+        extra = {
+            "train_steps": self.step,
+            "train_seconds": seconds,
+            "world_size": self.d.world,
+            "batch_size": self.batch_size * self.d.world,
+        }
+        if val is not None:
+            extra["val_loss"] = self.best[0] if r.early_stop else val
+        save_checkpoint(self.ckpt, keep, self.cfg, **extra)
+        best = self.best
+        tmp = self.state_path.with_suffix(".tmp")
+        torch.save(
+            {"config": self.cfg.__dict__, "objective": self.objective.state_dict(), "step": self.step, "seconds": seconds,
+             "val": self.val_history, "optimizers": {ph: o.state_dict() for ph, o in self.opts.items()},
+             "scalers": {ph: sc.state_dict() for ph, sc in self.scalers.items()},
+             "ema": self.ema.model.state_dict() if self.ema is not None else None,
+             "best": {"loss": best[0], "weights": best[1]} if best is not None else None},
+            tmp,
+        )  # fmt: skip
+        tmp.replace(self.state_path)  # a run killed while saving leaves the previous state whole
+
+    def finish(self, summary_path: Path) -> dict:
+        """Equal weights on every process (checked by hash), the last samples and checkpoint, and the summary JSON."""
+        self.read_losses()
+        self.bar.close()
+        seconds = time.perf_counter() - self.start
+        d, step = self.d, self.step
+        if d.world > 1:  # DDP keeps parameters equal; make the buffers (BatchNorm's running statistics) equal too
+            for b in self.objective.buffers():
+                dist.broadcast(b, 0)
+        hashes = [weights_hash(self.objective.state_dict())]
+        if d.world > 1:
+            hashes = [None] * d.world
+            dist.all_gather_object(hashes, weights_hash(self.objective.state_dict()))
+            if len(set(hashes)) > 1:
+                raise RuntimeError(f"the processes ended with different weights (hashes {hashes}): DistributedDataParallel went wrong")
+        summary: dict = {}
+        if d.main:
+            if not self.samples or not self.samples[-1].endswith(f"{step:07d}.png"):
+                self.save_samples()
+            if step % self.args.checkpoint_every:
+                self.checkpoint()
+            summary = self._summary(seconds, hashes)
+            summary_path.write_text(json.dumps(summary, indent=2))
+            where = f"checkpoint {self.ckpt}; samples {self.samples[-1]}"
+            print(f"{self.cfg.name}: {step} steps on {d.world} process(es) in {seconds:.1f} s; {where}")
+        d.barrier()
+        return summary
+
+    def _summary(self, seconds: float, hashes: list) -> dict:
+        args, tail = self.args, self.history[-50:]
+        return {
+            "config": self.cfg.__dict__,
+            "recipe": self.r.title,
+            "steps": self.step,
+            "seconds": round(self.seconds_before + seconds, 2),
+            "steps_per_second": round(len(self.history) / seconds, 2) if seconds > 0 else None,
+            "world_size": self.d.world,
+            "backend": dist.get_backend() if self.d.world > 1 else None,
+            "device": str(self.device),
+            "batch_size_per_process": self.batch_size,
+            "lr": self.lr,
+            "amp": str(self.dtype).replace("torch.", "") if self.dtype else None,
+            "channels_last": self.channels_last,
             "compile": bool(args.compile),
             "loss_last_50": sum(tail) / len(tail) if tail else None,
-            "val_loss": val_history,
-            "peak_memory_mb": peak_memory_mb(device),
-            "checkpoint": str(ckpt),
-            "samples": samples,
+            "val_loss": self.val_history,
+            "peak_memory_mb": peak_memory_mb(self.device),
+            "checkpoint": str(self.ckpt),
+            "samples": self.samples,
             "weights_hash_by_process": hashes,
         }
-        summary_path.write_text(json.dumps(summary, indent=2))
-        print(f"{cfg.name}: {step} steps on {d.world} process(es) in {seconds:.1f} s; checkpoint {ckpt}; samples {samples[-1]}")
-    d.barrier()
-    return summary
+
+
+def _train(args, r: recipes.Recipe, cfg: recipes.ModelConfig, d: _Dist, out: Path, ckpt: Path, state_path: Path, summary_path: Path):
+    """The training loop of ``python -m genbook train``, step by named step."""
+    run = _Run(args, r, cfg, d, out, ckpt, state_path)
+    if args.resume:
+        run.restore()
+    run.prepare()
+    while run.step < args.steps and not run.out_of_time():
+        run.train_step()
+        if run.step % 25 == 0:
+            run.read_losses()
+        if d.main and args.sample_every and run.step % args.sample_every == 0:
+            run.save_samples()
+        if d.main and run.step % args.checkpoint_every == 0:
+            run.checkpoint()
+    return run.finish(summary_path)
 
 
 def sample(args: argparse.Namespace) -> Path:
