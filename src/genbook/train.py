@@ -91,6 +91,92 @@ def _channels_last(batch: Any) -> Any:
 LossFn = Callable[[nn.Module, Any], "torch.Tensor | tuple[torch.Tensor, dict[str, float]]"]
 
 
+class _LossLog:
+    """The losses of recent steps, moved into the history every ``every`` steps: on a GPU each read waits for the
+    GPU to finish, so it reads every 25 steps there and every step on a CPU. A loss that is not finite stops the run."""
+
+    def __init__(self, hist: History, bar: Any, every: int):
+        self.hist, self.bar, self.every = hist, bar, every
+        self.pending: list[tuple[torch.Tensor, dict]] = []
+
+    def add(self, loss: torch.Tensor, logs: dict) -> None:
+        self.pending.append((loss.detach(), logs))
+
+    def read(self, steps_done: int) -> None:
+        """``steps_done``: the step count of the history once the pending steps are in it."""
+        if not self.pending:
+            return
+        losses = torch.stack([loss for loss, _ in self.pending]).float().tolist()
+        first = steps_done - len(self.pending)
+        for i, (value, (_, logs)) in enumerate(zip(losses, self.pending)):
+            if not math.isfinite(value):
+                self.bar.close()
+                raise FloatingPointError(f"loss became {value} at step {first + i}; lower lr or enable clip")
+            self.hist.loss.append(value)
+            for k, v in logs.items():
+                self.hist.logs.setdefault(k, []).append(float(v))
+        self.pending.clear()
+
+
+class _BestWeights:
+    """Early stopping: ``eval_fn(model)`` (lower is better) when asked, and a copy of the weights of the best value."""
+
+    def __init__(self, eval_fn: Callable[[nn.Module], float], hist: History):
+        self.eval_fn, self.hist = eval_fn, hist
+        self.best: tuple[float, dict[str, torch.Tensor]] | None = None
+
+    def evaluate(self, model: nn.Module, at_step: int) -> None:
+        model.eval()
+        value = float(self.eval_fn(model))
+        model.train()
+        self.hist.evals.append((at_step, value))
+        if self.best is None or value < self.best[0]:
+            self.best = (value, {k: v.detach().clone() for k, v in model.state_dict().items()})
+            self.hist.best_step = at_step
+
+    def restore(self, model: nn.Module) -> None:
+        model.load_state_dict(self.best[1])
+
+
+def _update(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    loss: torch.Tensor,
+    logs: dict,
+    scaler: torch.amp.GradScaler | None,
+    clip: float | None,
+    skip_grad_norm: float | None,
+    ema: EMA | None,
+    hist: History,
+) -> dict:
+    """One update from ``loss``: backward, the gradient norm (clipped, and logged), the optimizer step unless gradient
+    skipping drops it, and the weight average. Returns ``logs`` with the gradient norm added when it was computed."""
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+    else:
+        loss.backward()
+    skip = False
+    if clip is not None or skip_grad_norm is not None:
+        norm = nn.utils.clip_grad_norm_(model.parameters(), clip if clip is not None else float("inf"))
+        skip = skip_grad_norm is not None and not norm <= skip_grad_norm  # a NaN norm is skipped too
+        logs = {**logs, "grad_norm": norm.detach()}
+    if skip:
+        hist.skipped += 1
+        if scaler is not None:
+            scaler.update()
+        return logs
+    if scaler is not None:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
+    if ema is not None:
+        ema.update(model)
+    return logs
+
+
 def fit(
     model: nn.Module,
     loss_fn: LossFn,
@@ -132,6 +218,7 @@ def fit(
         raise ValueError("fit needs a budget: steps=..., seconds=..., or both")
     if eval_fn is not None and eval_every < 1:
         raise ValueError(f"eval_every must be a positive number of steps, got {eval_every}")
+    # set-up: precision, memory order, compilation, optimizer, history, progress bar
     device = next(model.parameters()).device
     dtype = _amp_dtype(device) if amp is not False else None
     if channels_last is None:
@@ -145,87 +232,40 @@ def fit(
     opt = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
     hist = history or History()
     bar = _progress(total=steps, desc=desc, disable=not progress, leave=False)
+    losses = _LossLog(hist, bar, every=25 if device.type == "cuda" else 1)
+    early = _BestWeights(eval_fn, hist) if eval_fn is not None else None
     start = time.perf_counter()
     model.train()
     step = 0
-    best: tuple[float, dict[str, torch.Tensor]] | None = None
-
-    def evaluate() -> None:
-        nonlocal best
-        model.eval()
-        value = float(eval_fn(model))
-        model.train()
-        hist.evals.append((hist.steps + step, value))
-        if best is None or value < best[0]:
-            best = (value, {k: v.detach().clone() for k, v in model.state_dict().items()})
-            hist.best_step = hist.steps + step
-
-    # On a GPU the numbers are read back every 25 steps, not every step: each read waits for the GPU to finish.
-    read_every = 25 if device.type == "cuda" else 1
-    pending: list[tuple[torch.Tensor, dict]] = []
-
-    def read_pending() -> None:
-        if not pending:
-            return
-        losses = torch.stack([loss for loss, _ in pending]).float().tolist()
-        first = hist.steps + step - len(pending)
-        for i, (value, (_, logs)) in enumerate(zip(losses, pending)):
-            if not math.isfinite(value):
-                bar.close()
-                raise FloatingPointError(f"loss became {value} at step {first + i}; lower lr or enable clip")
-            hist.loss.append(value)
-            for k, v in logs.items():
-                hist.logs.setdefault(k, []).append(float(v))
-        pending.clear()
-
     while (steps is None or step < steps) and (seconds is None or time.perf_counter() - start < seconds):
+        # one step: the loss on the next batch, then the update
         batch = next(batches)
         if channels_last:
             batch = _channels_last(batch)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             out = loss_fn(trained, batch)
         loss, logs = out if isinstance(out, tuple) else (out, {})
-        if read_every == 1 and not torch.isfinite(loss):
+        if losses.every == 1 and not torch.isfinite(loss):
             bar.close()
             raise FloatingPointError(f"loss became {loss.item()} at step {hist.steps + step}; lower lr or enable clip")
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-        else:
-            loss.backward()
-        skip = False
-        if clip is not None or skip_grad_norm is not None:
-            norm = nn.utils.clip_grad_norm_(model.parameters(), clip if clip is not None else float("inf"))
-            skip = skip_grad_norm is not None and not norm <= skip_grad_norm  # a NaN norm is skipped too
-            logs = {**logs, "grad_norm": norm.detach()}
-        if skip:
-            hist.skipped += 1
-            if scaler is not None:
-                scaler.update()
-        else:
-            if scaler is not None:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            if ema is not None:
-                ema.update(model)
-        pending.append((loss.detach(), logs))
+        logs = _update(model, opt, loss, logs, scaler, clip, skip_grad_norm, ema, hist)
+        losses.add(loss, logs)
         step += 1
-        if step % read_every == 0 or step == steps:
-            read_pending()
+        # bookkeeping: losses into the history, the progress bar, early stopping's evaluation
+        if step % losses.every == 0 or step == steps:
+            losses.read(hist.steps + step)
         if step % 25 == 0 or step == steps:
             bar.set_postfix(loss=f"{sum(hist.loss[-25:]) / len(hist.loss[-25:]):.4f}", refresh=False)
         bar.update(1)
-        if eval_fn is not None and step % eval_every == 0:
-            evaluate()
-    read_pending()
+        if early is not None and step % eval_every == 0:
+            early.evaluate(model, hist.steps + step)
+    # finish: the last losses, a last evaluation, the best weights
+    losses.read(hist.steps + step)
     bar.close()
-    if eval_fn is not None:
+    if early is not None:
         if not hist.evals or hist.evals[-1][0] != hist.steps + step:
-            evaluate()
-        model.load_state_dict(best[1])
+            early.evaluate(model, hist.steps + step)
+        early.restore(model)
     model.eval()
     hist.steps += step
     hist.seconds += time.perf_counter() - start
