@@ -157,6 +157,92 @@ class GANHistory:
 LOSSES = ("nonsaturating", "minimax", "wgan-clip", "wgan-gp")
 
 
+class _Game:
+    """The two players of :func:`train_gan` and one step of each: the losses, penalties and updates of Box 3 and 4."""
+
+    def __init__(
+        self, generator, discriminator, z_dim, loss, r1_gamma, gp_weight, clip_value, conditional, acgan, rng, g_penalty, lr, betas
+    ):
+        self.G, self.D = generator, discriminator
+        self.z_dim, self.loss, self.r1_gamma, self.gp_weight, self.clip_value = z_dim, loss, r1_gamma, gp_weight, clip_value
+        self.conditional, self.acgan, self.rng, self.g_penalty = conditional, acgan, rng, g_penalty
+        self.device = next(generator.parameters()).device
+        self.opt_g = torch.optim.Adam(generator.parameters(), lr=lr, betas=betas)
+        self.opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=betas)
+
+    def draw(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.z_dim, generator=self.rng).to(self.device)
+
+    def call(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        return net(x, y) if self.conditional else net(x)
+
+    def judge(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The real/fake output, and the class logits for AC-GAN, from one forward pass of D."""
+        if self.acgan:
+            return self.D.both(x)
+        return self.call(self.D, x, y).squeeze(-1), None
+
+    def discriminator_step(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One update of D on a real batch and as many fakes; returns (its loss, the real images, their labels)."""
+        real, y = batch if self.conditional else (batch, None)
+        extra = [y] if self.conditional else []
+        with torch.no_grad():
+            fake = self.call(self.G, self.draw(len(real)), y)
+        (real_out, real_cls), (fake_out, fake_cls) = self.judge(real, y), self.judge(fake, y)
+        ld = wgan_critic_loss(real_out, fake_out) if self.loss.startswith("wgan") else d_loss(real_out, fake_out)
+        if self.loss == "wgan-gp":
+            ld = ld + self.gp_weight * gradient_penalty(self.D, real, fake, *extra)
+        if self.r1_gamma:
+            ld = ld + 0.5 * self.r1_gamma * r1_penalty(self.D, real, *extra)
+        if self.acgan:  # L_C of eq. 44 on real and fake samples
+            ld = ld + F.cross_entropy(real_cls, y) + F.cross_entropy(fake_cls, y)
+        self.opt_d.zero_grad(set_to_none=True)
+        ld.backward()
+        self.opt_d.step()
+        if self.loss == "wgan-clip":
+            clip_weights(self.D, self.clip_value)
+        return ld, real, y
+
+    def generator_step(self, n: int, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One update of G on n fakes; returns (its loss, the per-parameter sums of squares of its gradient)."""
+        fake = self.call(self.G, self.draw(n), y)
+        fake_out, fake_cls = self.judge(fake, y)
+        lg = {"nonsaturating": g_loss_nonsaturating, "minimax": g_loss_minimax}.get(self.loss, wgan_g_loss)(fake_out)
+        if self.g_penalty is not None:
+            lg = lg + self.g_penalty(fake)
+        if self.acgan:
+            lg = lg + F.cross_entropy(fake_cls, y)
+        self.opt_g.zero_grad(set_to_none=True)
+        lg.backward()
+        squares = torch.stack([p.grad.detach().float().pow(2).sum() for p in self.G.parameters() if p.grad is not None])
+        self.opt_g.step()
+        return lg, squares
+
+
+class _GANLog:
+    """Both players' losses and G's gradient norm, read back every step on a CPU, every 25 on a GPU (no stalls)."""
+
+    def __init__(self, hist: GANHistory):
+        self.hist = hist
+        self.d_losses: list[torch.Tensor] = []
+        self.g_losses: list[torch.Tensor] = []
+        self.norms: list[torch.Tensor] = []
+
+    def add(self, ld: torch.Tensor, lg: torch.Tensor, squares: torch.Tensor) -> None:
+        self.norms.append(squares)
+        self.d_losses.append(ld.detach())
+        self.g_losses.append(lg.detach())
+
+    def read(self) -> None:
+        for values, out in ((self.d_losses, self.hist.d_loss), (self.g_losses, self.hist.g_loss)):
+            if values:
+                out.extend(torch.stack(values).float().tolist())  # float32: MPS has no float64
+                values.clear()
+        # the generator's gradient norm: per-parameter sums of squares in float32, added up in float64 on the CPU
+        self.hist.g_grad_norm.extend(squares.cpu().double().sum().sqrt().item() for squares in self.norms)
+        self.norms.clear()
+
+
 def train_gan(
     generator: nn.Module,
     discriminator: nn.Module,
@@ -190,77 +276,24 @@ def train_gan(
         raise ValueError(f"unknown GAN loss {loss!r}; valid losses are {', '.join(LOSSES)}")
     if acgan and not conditional:
         raise ValueError("acgan=True needs conditional=True: the batches must carry labels")
-    device = next(generator.parameters()).device
-    opt_g = torch.optim.Adam(generator.parameters(), lr=lr, betas=betas)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=betas)
+    game = _Game(
+        generator, discriminator, z_dim, loss, r1_gamma, gp_weight, clip_value, conditional, acgan, generator_rng, g_penalty, lr, betas
+    )
     hist = GANHistory()
+    log = _GANLog(hist)
     start = time.perf_counter()
-    wgan = loss.startswith("wgan")
-
-    def draw(n: int) -> torch.Tensor:
-        return torch.randn(n, z_dim, generator=generator_rng).to(device)
-
-    def call(net, x, y):
-        return net(x, y) if conditional else net(x)
-
-    def judge(x, y):  # the real/fake output, and the class logits for AC-GAN, from one forward pass
-        if acgan:
-            out, cls = discriminator.both(x)
-            return out, cls
-        return call(discriminator, x, y).squeeze(-1), None
-
-    d_losses: list[torch.Tensor] = []
-    g_losses: list[torch.Tensor] = []
-    norms: list[torch.Tensor] = []
-
-    def read() -> None:
-        for values, out in ((d_losses, hist.d_loss), (g_losses, hist.g_loss)):
-            if values:
-                out.extend(torch.stack(values).float().tolist())  # float32: MPS has no float64
-                values.clear()
-        # the generator's gradient norm: per-parameter sums of squares in float32, added up in float64 on the CPU
-        hist.g_grad_norm.extend(squares.cpu().double().sum().sqrt().item() for squares in norms)
-        norms.clear()
-
     generator.train()
     discriminator.train()
     step = 0
     while (steps is None or step < steps) and (seconds is None or time.perf_counter() - start < seconds):
         step += 1
         for _ in range(n_critic):
-            batch = next(batches)
-            real, y = batch if conditional else (batch, None)
-            with torch.no_grad():
-                fake = call(generator, draw(len(real)), y)
-            (real_out, real_cls), (fake_out, fake_cls) = judge(real, y), judge(fake, y)
-            ld = wgan_critic_loss(real_out, fake_out) if wgan else d_loss(real_out, fake_out)
-            if loss == "wgan-gp":
-                ld = ld + gp_weight * gradient_penalty(discriminator, real, fake, *([y] if conditional else []))
-            if r1_gamma:
-                ld = ld + 0.5 * r1_gamma * r1_penalty(discriminator, real, *([y] if conditional else []))
-            if acgan:  # L_C of eq. 44 on real and fake samples
-                ld = ld + F.cross_entropy(real_cls, y) + F.cross_entropy(fake_cls, y)
-            opt_d.zero_grad(set_to_none=True)
-            ld.backward()
-            opt_d.step()
-            if loss == "wgan-clip":
-                clip_weights(discriminator, clip_value)
-        fake = call(generator, draw(len(real)), y)
-        fake_out, fake_cls = judge(fake, y)
-        lg = {"nonsaturating": g_loss_nonsaturating, "minimax": g_loss_minimax}.get(loss, wgan_g_loss)(fake_out)
-        if g_penalty is not None:
-            lg = lg + g_penalty(fake)
-        if acgan:
-            lg = lg + F.cross_entropy(fake_cls, y)
-        opt_g.zero_grad(set_to_none=True)
-        lg.backward()
-        norms.append(torch.stack([p.grad.detach().float().pow(2).sum() for p in generator.parameters() if p.grad is not None]))
-        opt_g.step()
-        d_losses.append(ld.detach())
-        g_losses.append(lg.detach())
-        if device.type != "cuda" or step % 25 == 0:  # read back every step on a CPU, every 25 on a GPU (no stalls)
-            read()
-    read()
+            ld, real, y = game.discriminator_step(next(batches))
+        lg, squares = game.generator_step(len(real), y)
+        log.add(ld, lg, squares)
+        if game.device.type != "cuda" or step % 25 == 0:
+            log.read()
+    log.read()
     generator.eval()
     discriminator.eval()
     hist.seconds = time.perf_counter() - start
