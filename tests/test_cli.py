@@ -208,7 +208,7 @@ def test_bench_runs_a_chapter_on_the_cpu(tmp_path):
     assert "| 01_introduction | yes |" in done.stdout
 
 
-@pytest.mark.parametrize("damage", ["random bytes", "text", "truncated", "empty", "other torch file", "another family"])
+@pytest.mark.parametrize("damage", ["random bytes", "text", "truncated", "empty", "other torch file", "odd config", "another family"])
 def test_a_damaged_or_foreign_checkpoint_gets_one_clear_line(tmp_path, capsys, damage):
     assert cli.main(["train", "vae", "--steps", "2", "--out", str(tmp_path), "--quiet", "--sample-every", "0"]) == 0
     good = tmp_path / "vae-digits.pt"
@@ -223,6 +223,8 @@ def test_a_damaged_or_foreign_checkpoint_gets_one_clear_line(tmp_path, capsys, d
         bad.write_bytes(b"")
     elif damage == "other torch file":
         torch.save({"weights": torch.zeros(3)}, bad)
+    elif damage == "odd config":  # the right keys, but a config that is not a dict
+        torch.save({"state_dict": {}, "config": 3}, bad)
     else:  # a VAE's checkpoint handed to a diffusion model
         bad = good
     if damage == "another family":

@@ -260,7 +260,11 @@ def load(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[n
     saved = read_checkpoint(path, what="recipe checkpoint")["config"]
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     if not isinstance(saved, dict) or set(saved) != fields:
-        raise CheckpointMismatch(f"{path} is not a recipe checkpoint (its config has fields {sorted(saved)}, not {sorted(fields)})")
+        have = f"fields {sorted(saved)}" if isinstance(saved, dict) else f"a {type(saved).__name__}"
+        raise CheckpointMismatch(
+            f"{path} is not a recipe checkpoint (its config is {have}, not fields {sorted(fields)}); "
+            "train again (python -m genbook train FAMILY), or pass the checkpoint you meant"
+        )
     cfg = ModelConfig(**saved)
     net = recipe(cfg.family).build(cfg)["net"]
     extra = load_checkpoint(path, net, cfg)

@@ -357,7 +357,9 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, config: Any) -> d
     path = Path(path)
     payload = read_checkpoint(path)
     want = _config_dict(config)
-    have = payload.get("config", {})
+    have = payload["config"]
+    if not isinstance(have, dict):
+        raise CheckpointMismatch(f"{path} is not a genbook checkpoint (its config is a {type(have).__name__}); train again")
     if have != want:
         diff = sorted(k for k in set(want) | set(have) if want.get(k, "<missing>") != have.get(k, "<missing>"))
         details = ", ".join(f"{k}: checkpoint {have.get(k, '<missing>')!r} vs model {want.get(k, '<missing>')!r}" for k in diff)
