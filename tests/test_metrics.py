@@ -358,3 +358,99 @@ def test_classifier_training_leaves_the_callers_state_alone():
         model = metrics.train_digits_classifier({"steps": 3, "batch": 8})
     assert torch.equal(torch.rand(3), expected)
     assert isinstance(model, metrics.DigitsClassifier) and not model.training
+
+
+# ----------------------------------------------------------------------------- honest yardsticks
+
+
+def _gaussians(n: int, d: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Samples of N(0, I) and of N(mu, diag(s^2)), and the population Frechet distance between the two."""
+    mu = torch.full((d,), 0.25)
+    s = torch.linspace(0.8, 1.2, d)
+    a = torch.randn(n, d, generator=g)
+    b = mu + s * torch.randn(n, d, generator=g)
+    exact = float((mu**2).sum() + ((s - 1) ** 2).sum())  # |mu|^2 + tr(I + S^2 - 2 S) for diagonal S
+    return a, b, exact
+
+
+def test_fd_infinity_recovers_the_population_distance_where_small_n_fd_is_biased():
+    """Two known 16-d Gaussians (population FD 1.13): FD on 100 samples per set is off by more than 100%,
+    FD-infinity from subsets of 4000 samples lands within 10% of the truth."""
+    g = torch.Generator().manual_seed(0)
+    a, b, exact = _gaussians(4000, 16, g)
+    small = np.mean([metrics.frechet_distance(a[i * 100 : (i + 1) * 100], b[i * 100 : (i + 1) * 100]) for i in range(10)])
+    fd_inf, curve = metrics.fd_infinity(a, b, ns=(500, 1000, 2000, 4000), repeats=2)
+    assert small > 2 * exact  # the bias the extrapolation removes
+    assert abs(fd_inf - exact) < 0.1 * exact, (fd_inf, exact, curve)
+    assert list(curve) == [500, 1000, 2000, 4000] and curve[500] > curve[4000] > exact
+
+
+def test_fd_infinity_rejects_subsets_larger_than_the_sets():
+    with pytest.raises(ValueError, match="subset sizes"):
+        metrics.fd_infinity(np.zeros((50, 3)), np.zeros((40, 3)), ns=(20, 50))
+
+
+def _copying_trial(g: torch.Generator, jitter: float | None) -> float:
+    """C_T for 300 generated points: fresh draws of the training distribution (jitter None) or jittered training copies."""
+    d = 8
+    train = torch.randn(600, d, generator=g)
+    test = torch.randn(300, d, generator=g)
+    if jitter is None:
+        gen = torch.randn(300, d, generator=g)
+    else:
+        gen = train[torch.randperm(600, generator=g)[:300]] + jitter * torch.randn(300, d, generator=g)
+    return metrics.copying_statistic(train, test, gen, seed=0)
+
+
+def test_copying_statistic_rarely_flags_fresh_samples():
+    """False-positive rate: over 20 trials with fresh samples of the training distribution, C_T < -3 at most once,
+    and the values average near 0 (each cell's z-score is about N(0, 1) under no copying)."""
+    g = torch.Generator().manual_seed(1)
+    values = [_copying_trial(g, None) for _ in range(20)]
+    assert sum(v < -3 for v in values) <= 1, values
+    assert abs(np.mean(values)) < 1.0, values
+
+
+def test_copying_statistic_flags_copies_and_jittered_copies():
+    """Power: exact copies and copies jittered by a tenth of the data's scale are flagged (C_T < -3) in 5 of 5 trials."""
+    g = torch.Generator().manual_seed(2)
+    for jitter in (0.0, 0.1):
+        values = [_copying_trial(g, jitter) for _ in range(5)]
+        assert all(v < -3 for v in values), (jitter, values)
+
+
+def test_copying_statistic_says_what_to_do_when_no_cell_has_samples():
+    g = torch.Generator().manual_seed(0)
+    train, test = torch.randn(100, 2, generator=g), torch.randn(50, 2, generator=g)
+    with pytest.raises(ValueError, match="fewer cells or more samples"):
+        far_apart = torch.tensor([[-10.0, -10.0], [10.0, 10.0]])  # two points in two different cells
+        metrics.copying_statistic(train, test, far_apart, cells=5, min_share=0.6)
+
+
+def test_score_digits_refuses_the_training_split_and_bad_sizes():
+    images = torch.rand(30, 1, 8, 8)
+    with pytest.raises(ValueError, match="held-out split"):
+        metrics.score_digits(images, reference="train")
+    with pytest.raises(ValueError, match="between 20 and 1000"):
+        metrics.score_digits(torch.rand(5, 1, 8, 8))
+
+
+def test_compare_scores_refuses_different_sample_sizes():
+    base = dict(reference="test", fd=1.0, precision=1.0, recall=1.0, copying=0.0, fd_real=1.0, fd_real_spread=0.1,
+                precision_real=1.0, recall_real=1.0, copying_real=-5.0)  # fmt: skip
+    metrics.compare_scores(metrics.Score(n=400, **base), metrics.Score(n=400, **base))
+    with pytest.raises(ValueError, match="different sample sizes"):
+        metrics.compare_scores(metrics.Score(n=400, **base), metrics.Score(n=350, **base))
+
+
+def test_score_digits_yardstick_copies_score_as_copies(harness_classifier):
+    """Training digits scored as samples get the yardstick's FD exactly (same draw) and a strongly negative C_T;
+    fresh test digits' C_T is near 0 (scored against the validation split, on which neither set was drawn)."""
+    train = data.digits("train").unit()
+    g = torch.Generator().manual_seed(0)
+    copies = train[torch.randperm(len(train), generator=g)[:300]]
+    s = metrics.score_digits(copies, reference="test", seed=0, redraws=3)
+    assert s.n == 300 and s.fd == pytest.approx(s.fd_real) and s.copying == pytest.approx(s.copying_real)
+    assert s.copying < -3 and s.fd_real_spread > 0
+    fresh = metrics.score_digits(data.digits("test").unit()[:300], reference="val", seed=0, redraws=2)
+    assert abs(fresh.copying) < 3, fresh

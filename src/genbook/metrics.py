@@ -301,6 +301,157 @@ def precision_recall_digits(images: torch.Tensor, reference: str = "train", k: i
     return precision_recall(reference_features(reference), features(images), k)
 
 
+# ----------------------------------------------------------------------------- honest yardsticks
+
+
+def fd_infinity(feat_a: torch.Tensor | np.ndarray, feat_b: torch.Tensor | np.ndarray, ns: tuple[int, ...] | None = None,
+                repeats: int = 4, seed: int = 0) -> tuple[float, dict[int, float]]:  # fmt: skip
+    """FD extrapolated to infinitely many samples (Chong & Forsyth 2020), and the FD at each n it was fitted on.
+
+    FD estimated from n samples per set is biased upwards by about c / n (the fitted covariances are noisy), so
+    FD_n is measured on random equal-size subsets of both sets for several n (``repeats`` subsets each), a line
+    is fitted to FD_n against 1 / n, and its value at 1 / n = 0 is returned: an estimate of the Frechet distance
+    between the two populations, comparable across sample sizes. Both sets need at least max(ns) rows.
+    """
+    a = np.asarray(feat_a, dtype=np.float64)
+    b = np.asarray(feat_b, dtype=np.float64)
+    most = min(len(a), len(b))
+    if ns is None:
+        ns = tuple(int(v) for v in np.linspace(max(most // 4, 2 * a.shape[1] // 3), most, 8))
+    if min(ns) < 2 or max(ns) > most:
+        raise ValueError(f"fd_infinity: subset sizes {ns} must lie in [2, {most}] (the smaller set has {most} rows)")
+    rng = np.random.default_rng(seed)
+    curve = {
+        n: float(
+            np.mean(
+                [frechet_distance(a[rng.choice(len(a), n, replace=False)], b[rng.choice(len(b), n, replace=False)]) for _ in range(repeats)]
+            )
+        )  # fmt: skip
+        for n in ns
+    }
+    slope, intercept = np.polyfit(1.0 / np.array(list(curve)), np.array(list(curve.values())), 1)
+    return float(intercept), curve
+
+
+def _nearest_distance(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Distance from each row of x to its nearest row of ref, computed without the matmul shortcut (exact far from 0)."""
+    return torch.cdist(x.double(), ref.double(), compute_mode="donot_use_mm_for_euclid_dist").min(1).values
+
+
+def copying_statistic(train: torch.Tensor, test: torch.Tensor, generated: torch.Tensor, cells: int = 5,
+                      min_share: float = 0.02, seed: int = 0) -> float:  # fmt: skip
+    """Meehan, Chaudhuri & Dasgupta (2020)'s three-sample data-copying statistic C_T on feature vectors (N, d).
+
+    The feature space is cut into ``cells`` by k-means on the training set. In each cell, the distances of held-out
+    (``test``) and of ``generated`` points to their nearest training point are compared with a Mann-Whitney U test;
+    its z-score is near 0 when generated points are as far from the training set as fresh data is, strongly
+    negative when they sit closer (copies), positive when farther (underfitting). C_T is the average z-score over
+    cells, weighted by each cell's share of the test points, over the cells that hold at least ``min_share`` of the
+    generated points. Under no copying each cell's z is about N(0, 1), so C_T below -3 is copying, not chance.
+    """
+    from sklearn.cluster import KMeans
+
+    train, test, generated = train.double().cpu(), test.double().cpu(), generated.double().cpu()
+    km = KMeans(n_clusters=cells, n_init=4, random_state=seed).fit(train.numpy())
+    cell_test = torch.from_numpy(km.predict(test.numpy()))
+    cell_gen = torch.from_numpy(km.predict(generated.numpy()))
+    d_test, d_gen = _nearest_distance(test, train), _nearest_distance(generated, train)
+    zs, weights = [], []
+    for c in range(cells):
+        p, q = d_test[cell_test == c], d_gen[cell_gen == c]
+        if len(q) < max(min_share * len(generated), 1) or len(p) == 0:
+            continue
+        m, n = len(p), len(q)
+        ranks = torch.cat([p, q]).argsort().argsort().double() + 1  # ties have probability 0 for continuous features
+        u = ranks[m:].sum() - n * (n + 1) / 2  # pairs (test, generated) where the generated point is farther away
+        z = (u - m * n / 2) / math.sqrt(m * n * (m + n + 1) / 12)
+        zs.append(float(z))
+        weights.append(m / len(test))
+    if not zs:
+        raise ValueError("copying_statistic: no cell holds enough generated points; use fewer cells or more samples")
+    w = np.array(weights)
+    return float(np.dot(w, zs) / w.sum())
+
+
+@dataclass(frozen=True)
+class Score:
+    """A set of samples scored against held-out digits, beside n training digits scored the same way (the yardstick).
+
+    ``fd``, ``precision``, ``recall`` and ``copying`` (C_T) are the samples'; the ``*_real`` fields are those of n
+    training digits, exactly what a model that copies its training set would output, at the same n against the same
+    held-out set. ``fd_real_spread`` is the standard deviation of ``fd_real`` over other draws of the n training
+    digits: differences in FD smaller than about twice it are noise.
+    """
+
+    n: int
+    reference: str
+    fd: float
+    precision: float
+    recall: float
+    copying: float
+    fd_real: float
+    fd_real_spread: float
+    precision_real: float
+    recall_real: float
+    copying_real: float
+
+    def __str__(self) -> str:
+        return (
+            f"FD {self.fd:.1f} (n training digits: {self.fd_real:.1f} +- {self.fd_real_spread:.1f}), precision {self.precision:.2f} "
+            f"({self.precision_real:.2f}), recall {self.recall:.2f} ({self.recall_real:.2f}), copying C_T {self.copying:+.1f} "
+            f"({self.copying_real:+.1f}); n = {self.n} against the {self.reference} split"
+        )
+
+
+HELD_OUT = ("val", "test")  # validation digits choose models, test digits report them
+
+
+def score_digits(images: torch.Tensor, reference: str = "test", seed: int = 0, redraws: int = 5) -> Score:
+    """Score n digit images (N, 1, 8, 8) in [0, 1] against a held-out split, with n training digits as the yardstick.
+
+    The yardstick draws n of the 1000 training digits (a fixed draw per ``seed``), so samples and yardstick always
+    have the same n; ``redraws`` further draws give its spread. Use ``reference="val"`` while choosing a model and
+    ``"test"`` for the numbers a chapter reports.
+    """
+    if reference not in HELD_OUT:
+        raise ValueError(
+            f"score against a held-out split, {HELD_OUT[0]!r} or {HELD_OUT[1]!r}, not {reference!r}: no model may have trained on it"
+        )
+    train = data.digits("train").unit()
+    n = len(images)
+    if not 20 <= n <= len(train):
+        raise ValueError(f"score_digits needs between 20 and {len(train)} images (the training digits bound the yardstick's n), got {n}")
+    g = torch.Generator().manual_seed(seed)
+    draws = [torch.randperm(len(train), generator=g)[:n] for _ in range(1 + redraws)]
+    f_gen, f_ref, f_train = features(images), reference_features(reference), reference_features("train")
+    fd_reals = [frechet_distance(f_train[d], f_ref) for d in draws]
+    p, r = precision_recall(f_ref, f_gen)
+    p_real, r_real = precision_recall(f_ref, f_train[draws[0]])
+    return Score(
+        n=n,
+        reference=reference,
+        fd=frechet_distance(f_gen, f_ref),
+        precision=p,
+        recall=r,
+        copying=copying_statistic(f_train, f_ref, f_gen, seed=seed),
+        fd_real=fd_reals[0],
+        fd_real_spread=float(np.std(fd_reals[1:], ddof=1)) if redraws > 1 else float("nan"),
+        precision_real=p_real,
+        recall_real=r_real,
+        copying_real=copying_statistic(f_train, f_ref, f_train[draws[0]], seed=seed),
+    )
+
+
+def compare_scores(*scores: Score) -> None:
+    """Refuse to compare scores made at different n or against different splits (FD's bias depends on n)."""
+    kinds = {(s.n, s.reference) for s in scores}
+    if len(kinds) > 1:
+        raise ValueError(
+            f"these scores were made at different sample sizes or splits {sorted(kinds)}; "
+            "score every model with the same n against the same split"
+        )
+
+
 def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidths: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0)) -> float:
     """Unbiased squared MMD (Gretton et al. 2012) with a sum of Gaussian kernels k(a, b) = exp(-|a-b|^2 / (2 h^2)).
 
