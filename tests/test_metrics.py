@@ -174,6 +174,19 @@ def test_precision_counts_fake_points_on_the_real_manifold():
     assert precision == 0.5
 
 
+def test_precision_recall_far_from_the_origin():
+    """Precision and recall do not change when every feature is offset by 1000 (neighbours 0.1 apart): cdist's
+    matmul shortcut in float32 got distances wrong by about 0.3 there and read recall 1.0 instead of 0.89."""
+    g = torch.Generator().manual_seed(0)
+    real = 0.1 * torch.randn(100, 8, generator=g)
+    fake = torch.cat([real[:50], real[50:] + 1.0])  # half copies, half moved away
+    at_origin = metrics.precision_recall(real, fake)
+    assert at_origin[0] == 0.5
+    assert metrics.precision_recall(real + 1000, fake + 1000) == at_origin
+    assert metrics.precision_recall(real + 1000, real + 1000) == (1.0, 1.0)
+    assert metrics._distances(real + 1000, real + 1000).diagonal().abs().max() == 0
+
+
 # ----------------------------------------------------------------------------- corruptions
 
 

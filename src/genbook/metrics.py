@@ -278,8 +278,15 @@ def fd_floor() -> float:
 # ----------------------------------------------------------------------------- precision / recall, MMD
 
 
+def _distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pairwise Euclidean distances (N, M) in float64, without cdist's matmul shortcut, which computes |a|^2 + |b|^2
+    - 2 a.b and so loses the distance when the points lie far from the origin (at norm 1000, in float32, a point's
+    distance to itself reads 6.3 instead of 0)."""
+    return torch.cdist(a.double(), b.double(), compute_mode="donot_use_mm_for_euclid_dist")
+
+
 def _kth_radius(x: torch.Tensor, k: int) -> torch.Tensor:
-    d = torch.cdist(x, x)  # (N, N)
+    d = _distances(x, x)  # (N, N)
     return d.kthvalue(k + 1, dim=1).values  # k+1: the point itself is at distance 0
 
 
@@ -288,9 +295,8 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tupl
 
     precision = share of fake points inside some real point's k-NN ball; recall = the reverse.
     """
-    real, fake = real.float(), fake.float()
     r_real, r_fake = _kth_radius(real, k), _kth_radius(fake, k)
-    d = torch.cdist(fake, real)  # (N_fake, N_real)
+    d = _distances(fake, real)  # (N_fake, N_real)
     precision = (d <= r_real[None, :]).any(1).float().mean().item()
     recall = (d.T <= r_fake[None, :]).any(1).float().mean().item()
     return precision, recall
@@ -334,8 +340,8 @@ def fd_infinity(feat_a: torch.Tensor | np.ndarray, feat_b: torch.Tensor | np.nda
 
 
 def _nearest_distance(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Distance from each row of x to its nearest row of ref, computed without the matmul shortcut (exact far from 0)."""
-    return torch.cdist(x.double(), ref.double(), compute_mode="donot_use_mm_for_euclid_dist").min(1).values
+    """Distance from each row of x to its nearest row of ref."""
+    return _distances(x, ref).min(1).values
 
 
 def copying_statistic(train: torch.Tensor, test: torch.Tensor, generated: torch.Tensor, cells: int = 5,
