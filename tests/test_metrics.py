@@ -457,13 +457,13 @@ def test_compare_scores_refuses_different_sample_sizes():
 
 
 def test_score_digits_yardstick_copies_score_as_copies(harness_classifier):
-    """Training digits scored as samples get the yardstick's FD exactly (same draw) and a strongly negative C_T;
+    """Training digits scored as samples get the yardstick's values (within FD's spread) and a strongly negative C_T;
     fresh test digits' C_T is near 0 (scored against the validation split, on which neither set was drawn)."""
     train = data.digits("train").unit()
     g = torch.Generator().manual_seed(0)
     copies = train[torch.randperm(len(train), generator=g)[:300]]
     s = metrics.score_digits(copies, reference="test", seed=0, redraws=3)
-    assert s.n == 300 and s.fd == pytest.approx(s.fd_real) and s.copying == pytest.approx(s.copying_real)
-    assert s.copying < -3 and s.fd_real_spread > 0
+    assert s.n == 300 and s.copying == pytest.approx(s.copying_real) and s.precision == s.precision_real
+    assert abs(s.fd - s.fd_real) < 3 * s.fd_real_spread and s.copying < -3
     fresh = metrics.score_digits(data.digits("test").unit()[:300], reference="val", seed=0, redraws=2)
     assert abs(fresh.copying) < 3, fresh

@@ -385,8 +385,9 @@ class Score:
 
     ``fd``, ``precision``, ``recall`` and ``copying`` (C_T) are the samples'; the ``*_real`` fields are those of n
     training digits, exactly what a model that copies its training set would output, at the same n against the same
-    held-out set. ``fd_real_spread`` is the standard deviation of ``fd_real`` over other draws of the n training
-    digits: differences in FD smaller than about twice it are noise.
+    held-out set: ``fd_real`` is the mean FD over several draws of the n training digits and ``fd_real_spread`` its
+    standard deviation over them, FD's sampling noise at this n (differences smaller than about twice it are noise);
+    the other ``*_real`` fields come from the first draw.
     """
 
     n: int
@@ -412,11 +413,11 @@ class Score:
 HELD_OUT = ("val", "test")  # validation digits choose models, test digits report them
 
 
-def score_digits(images: torch.Tensor, reference: str = "test", seed: int = 0, redraws: int = 5) -> Score:
+def score_digits(images: torch.Tensor, reference: str = "test", seed: int = 0, redraws: int = 10) -> Score:
     """Score n digit images (N, 1, 8, 8) in [0, 1] against a held-out split, with n training digits as the yardstick.
 
     The yardstick draws n of the 1000 training digits (a fixed draw per ``seed``), so samples and yardstick always
-    have the same n; ``redraws`` further draws give its spread. Use ``reference="val"`` while choosing a model and
+    have the same n; ``redraws`` further draws give its mean and spread. Use ``reference="val"`` while choosing a model and
     ``"test"`` for the numbers a chapter reports.
     """
     if reference not in HELD_OUT:
@@ -430,7 +431,7 @@ def score_digits(images: torch.Tensor, reference: str = "test", seed: int = 0, r
     g = torch.Generator().manual_seed(seed)
     draws = [torch.randperm(len(train), generator=g)[:n] for _ in range(1 + redraws)]
     f_gen, f_ref, f_train = features(images), reference_features(reference), reference_features("train")
-    fd_reals = [frechet_distance(f_train[d], f_ref) for d in draws]
+    fd_reals = [frechet_distance(f_train[d], f_ref) for d in draws]  # at n = 300: about 47 +- 7 against test
     p, r = precision_recall(f_ref, f_gen)
     p_real, r_real = precision_recall(f_ref, f_train[draws[0]])
     return Score(
@@ -440,8 +441,8 @@ def score_digits(images: torch.Tensor, reference: str = "test", seed: int = 0, r
         precision=p,
         recall=r,
         copying=copying_statistic(f_train, f_ref, f_gen, seed=seed),
-        fd_real=fd_reals[0],
-        fd_real_spread=float(np.std(fd_reals[1:], ddof=1)) if redraws > 1 else float("nan"),
+        fd_real=float(np.mean(fd_reals)),
+        fd_real_spread=float(np.std(fd_reals, ddof=1)) if redraws > 0 else float("nan"),
         precision_real=p_real,
         recall_real=r_real,
         copying_real=copying_statistic(f_train, f_ref, f_train[draws[0]], seed=seed),
