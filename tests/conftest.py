@@ -50,4 +50,5 @@ def fresh_cache(tmp_path_factory, monkeypatch):
     path = tmp_path_factory.mktemp("genbook_cache")
     monkeypatch.setenv("GENBOOK_CACHE", str(path))
     monkeypatch.setattr(metrics, "_CLASSIFIER", None)
+    monkeypatch.setattr(metrics, "SHIPPED_DIR", path / "no shipped weights")  # test the cache, not the package's weights
     return path

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from genbook import compare
+from genbook import compare, metrics
 
 
 def test_every_family_makes_a_row_with_labelled_likelihoods():
@@ -17,13 +17,17 @@ def test_every_family_makes_a_row_with_labelled_likelihoods():
         assert torch.equal(r.samples * 16, (r.samples * 16).round())  # on the data's 17 levels
         assert r.train_steps == 3 and 0 < r.train_seconds < 10 and r.params > 0 and r.sample_seconds > 0
         assert (r.nll is None) == (r.family == "GAN") and (r.bpd is None or r.bpd > 0)
-        assert 0 <= r.precision <= 1 and 0 <= r.recall <= 1 and r.fd > 0
+        assert 0 <= r.precision <= 1 and 0 <= r.recall <= 1 and r.fd > 0 and r.score.n == 24 and r.score.reference == "test"
+        assert r.copying == r.score.copying and r.score.fd_real == rows[0].score.fd_real  # one yardstick for the table
         assert r.sample(3, torch.Generator().manual_seed(0)).shape[0] == 3  # the sampler is kept for experiments
     assert {r.family: r.nfe for r in rows} == {"VAE": 64, "GAN": 1, "flow": 1, "autoregressive": 64, "diffusion": 20, "flow matching": 20}
-    table = compare.markdown_table(rows, floor=36.4)
+    table = compare.markdown_table(rows)
     lines = table.splitlines()
-    assert len(lines) == 2 + len(rows) and all(line.count("|") == 12 for line in lines)
-    assert "| = " in table and "| ≤ " in table and "n/a" in table and "(real: 36.4)" in table
+    assert len(lines) == 3 + len(rows) and all(line.count("|") == 13 for line in lines)
+    assert "| = " in table and "| ≤ " in table and "n/a" in table and lines[-1].startswith("| real digits | 24 training digits")
+    other = compare.Row(**{**rows[0].__dict__, "score": metrics.score_digits(rows[0].samples[:20], "test")})
+    with pytest.raises(ValueError, match="different sample sizes"):
+        compare.markdown_table([rows[0], other])
 
 
 def test_bad_arguments_say_what_to_do():
@@ -35,8 +39,9 @@ def test_bad_arguments_say_what_to_do():
         compare.compare({"VAE": 3}, families=("VAE", "GAN"))
     with pytest.raises(ValueError, match="seconds must be positive"):
         compare.budget(0)
-    with pytest.raises(ValueError, match="n_test"):
-        compare.compare(3, n_test=10_000)
+    for n_test in (10_000, 5):
+        with pytest.raises(ValueError, match="n_test"):
+            compare.compare(3, n_test=n_test)
 
 
 def test_the_budget_is_steps_fixed_from_the_reference_machine():

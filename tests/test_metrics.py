@@ -1,5 +1,6 @@
 """Tests for genbook.metrics: likelihood bookkeeping, FD, MMD, precision/recall, blur, the harness, cost."""
 
+import hashlib
 import math
 import time
 
@@ -467,3 +468,47 @@ def test_score_digits_yardstick_copies_score_as_copies(harness_classifier):
     assert abs(s.fd - s.fd_real) < 3 * s.fd_real_spread and s.copying < -3
     fresh = metrics.score_digits(data.digits("test").unit()[:300], reference="val", seed=0, redraws=2)
     assert abs(fresh.copying) < 3, fresh
+
+
+def test_nearest_training_digits_finds_a_copy_at_distance_zero(harness_classifier):
+    """A training digit's nearest training digit is itself (or an identical twin): distance 0; a validation digit's is
+    farther away, and a jittered copy's nearest neighbour is usually the digit it was copied from."""
+    train, val = data.digits("train").unit(), data.digits("val").unit()
+    idx = torch.tensor([3, 141, 592, 653, 999])
+    found, dist = metrics.nearest_training_digits(train[idx])
+    assert torch.all(dist < 1e-6) and torch.equal(train[found], train[idx])
+    _, dist_val = metrics.nearest_training_digits(val[:50])
+    assert dist_val.min() > 0.1
+    jittered = (train[:100] + 0.05 * torch.randn(100, 1, 8, 8, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    found, _ = metrics.nearest_training_digits(jittered)
+    assert (found == torch.arange(100)).float().mean() > 0.8
+
+
+def test_score_digits_shares_one_yardstick_per_n_split_and_seed(harness_classifier):
+    """Two models scored at the same n, split and seed get the very same yardstick (computed once), so their scores
+    can be read against one number."""
+    test = data.digits("test").unit()
+    a = metrics.score_digits(test[:40], reference="val", seed=3, redraws=2)
+    b = metrics.score_digits(test[40:80], reference="val", seed=3, redraws=2)
+    assert (a.fd_real, a.fd_real_spread, a.copying_real) == (b.fd_real, b.fd_real_spread, b.copying_real)
+    assert a.fd != b.fd
+
+
+def test_yardstick_is_the_score_digits_yardstick_and_refuses_the_training_split(harness_classifier):
+    s = metrics.score_digits(data.digits("val").unit()[:60], reference="test", seed=4)
+    assert metrics.yardstick(60, "test", seed=4) == (s.fd_real, s.fd_real_spread)
+    with pytest.raises(ValueError, match="held-out"):
+        metrics.yardstick(60, "train")
+
+
+def test_the_shipped_classifier_is_used_without_training_or_cache(tmp_path, monkeypatch, counted_training):
+    """With an empty cache the package's weights are loaded, nothing is trained or written, and they are a good judge."""
+    monkeypatch.setenv("GENBOOK_CACHE", str(tmp_path))
+    monkeypatch.setattr(metrics, "_CLASSIFIER", None)
+    clf = metrics.digits_classifier()
+    assert counted_training == [] and list(tmp_path.iterdir()) == []
+    key = hashlib.sha256(repr(sorted(metrics.CLASSIFIER_RECIPE.items())).encode()).hexdigest()[:12]
+    shipped = torch.load(metrics.SHIPPED_DIR / f"digits_classifier_{key}.pt", weights_only=True)
+    assert all(torch.equal(shipped[k], v) for k, v in clf.state_dict().items())
+    test = data.digits("test")
+    assert (metrics.classify(test.unit())[0] == test.y).float().mean() > 0.95

@@ -5,9 +5,10 @@ budget for the best unconditional digits model of each family.
 DDPM/DDIM diffusion model and a flow-matching model, each for the same training time on the book's reference machine
 (a 2-core CPU with AVX2 only, the slower hosts CI runs on), fixed as a number of steps per family so that the table
 does not depend on the speed or the load of the machine that makes it, and measures each on the
-test digits: the negative log-likelihood (exact, or an upper bound, labelled), the Fréchet distance of as many
-samples as there are test digits (so the floor beside it, the test digits' own FD, is measured at the same size),
-precision and recall, trainable parameters, training seconds and steps, sampling seconds per image and network
+test digits: the negative log-likelihood (exact, or an upper bound, labelled), and with ``metrics.score_digits`` the
+Fréchet distance of ``metrics.SCORE_N`` samples against the test digits, precision, recall and the data-copying
+statistic C_T, beside the same scores of as many training digits (the yardstick: ``markdown_table`` gives it a row of
+its own); then trainable parameters, training seconds and steps, sampling seconds per image and network
 evaluations (NFE) per image. ``markdown_table(rows)`` prints the table the book renders. Every recipe is the one its
 chapter settled on in its ``fast`` profile, without class labels (the chapters explain the choices); the sizes
 stay fixed whatever the budget, so a longer budget trains the same models longer. Two things differ from the
@@ -58,6 +59,7 @@ class Row:
     fd: float
     precision: float
     recall: float
+    copying: float  # Meehan et al.'s C_T: near 0 for fresh samples, below -3 for copies of the training digits
     params: int
     train_seconds: float
     train_steps: int
@@ -67,6 +69,7 @@ class Row:
     model: torch.nn.Module | None = field(default=None, repr=False)
     sample: Callable[[int, torch.Generator], torch.Tensor] | None = field(default=None, repr=False)
     source: str = "trained"  # or "loaded": a checkpoint from GENBOOK_CHECKPOINTS (train.fit_or_load)
+    score: metrics.Score | None = field(default=None, repr=False)  # fd, precision, recall, copying and the yardstick
 
     @property
     def bpd(self) -> float | None:
@@ -239,8 +242,9 @@ def compare(
     """Train and score the best unconditional digits model of each family in ``families``, each for its number of
     ``steps`` (a dict by family, as :func:`budget` gives, or one number for all; default ``budget(20)``: 20 seconds
     each on the reference machine), validation checks included where its chapter early-stops, on the digits split.
-    Returns one :class:`Row` per family, in order. Sampling draws as many images as there are test digits;
-    ``n_test`` scores only the first ``n_test`` of them (and draws as many samples), for quick runs and tests.
+    Returns one :class:`Row` per family, in order. Sampling draws ``metrics.SCORE_N`` images, scored against the test
+    digits; ``n_test`` evaluates the likelihood on only the first ``n_test`` test digits and draws as many samples
+    (at least 20), for quick runs and tests.
     ``checkpoints`` is a folder to load each family's model from (and save it to), as ``train.fit_or_load`` does;
     None reads ``GENBOOK_CHECKPOINTS``, False always trains and saves nothing (e.g. to retrain with another seed)."""
     unknown = [f for f in families if f not in TRAIN]
@@ -257,11 +261,11 @@ def compare(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     split = _Split(*(data.digits(name).x_int.to(device) for name in ("train", "val", "test")))
     if n_test is not None:
-        if not 1 < n_test <= len(split.test):
-            raise ValueError(f"n_test must be between 2 and {len(split.test)}, got {n_test}")
+        if not 20 <= n_test <= len(split.test):
+            raise ValueError(f"n_test must be between 20 and {len(split.test)}, got {n_test}")
         split.test = split.test[:n_test]
     metrics.digits_classifier()  # the harness classifier trains once and is cached: keep it out of every timing
-    n = len(split.test)
+    n = metrics.SCORE_N if n_test is None else n_test
     rows = []
     for family in families:
         r, cfg, model, info = _run(family, split, per_family[family], seed, progress, checkpoints)
@@ -275,28 +279,25 @@ def compare(
             images = sample(n, torch.Generator().manual_seed(seed + 1))
         sample_s, images = timer.seconds, snap(images)
         nats, kind = _nll(family, model, split, seed)
-        precision, recall = metrics.precision_recall_digits(images)
-        fd = metrics.fd_digits(images)
-        row = Row(family, r.title, nats, kind, fd, precision, recall, count_parameters(model), train_s, trained, sample_s / n, nfe,
-                  images, model, sample, source=info["source"])  # fmt: skip
+        score = metrics.score_digits(images, "test", seed=seed)
+        fd = score.fd
+        row = Row(family, r.title, nats, kind, fd, score.precision, score.recall, score.copying, count_parameters(model), train_s,
+                  trained, sample_s / n, nfe, images, model, sample, source=info["source"], score=score)  # fmt: skip
         rows.append(row)
         if verbose:
             nll_text = "n/a" if nats is None else f"{nats:.1f} nats ({kind})"
             ms = 1e3 * row.sample_seconds
             how = f"{trained} steps in {train_s:.0f} s" + (f" (loaded from {info['path']})" if info["source"] == "loaded" else "")
-            print(f"{family}: {how}; NLL {nll_text}; FD {fd:.1f}; sampling {ms:.2f} ms/image")
+            print(f"{family}: {how}; NLL {nll_text}; FD {fd:.1f}, C_T {score.copying:+.1f}; sampling {ms:.2f} ms/image")
     return rows
 
 
-def real_floor() -> float:
-    """FD of the real test digits against the training split: what a perfect model scores with as many samples as
-    :func:`compare` draws (the test split's size)."""
-    return metrics.fd_digits(data.digits("test").unit())
-
-
-def markdown_table(rows: list[Row], floor: float | None = None) -> str:
-    """The comparison as a markdown table (the book renders it); ``floor`` adds the real data's FD beside each FD."""
-    head = ["family", "model", "NLL (nats)", "bits/dim", "FD", "precision", "recall", "parameters", "train s (steps)",
+def markdown_table(rows: list[Row]) -> str:
+    """The comparison as a markdown table (the book renders it), with a last row for the real data: as many training
+    digits as each model drew samples, scored the same way against the same test digits (the FD is the mean over
+    redraws of them, +- their standard deviation, FD's noise at this n). Rows scored at different n are refused."""
+    metrics.compare_scores(*(r.score for r in rows))
+    head = ["family", "model", "NLL (nats)", "bits/dim", "FD", "precision", "recall", "C_T", "parameters", "train s (steps)",
             "ms / image", "NFE"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -305,11 +306,14 @@ def markdown_table(rows: list[Row], floor: float | None = None) -> str:
         else:
             rel = "=" if r.nll_kind == "exact" else "≤"
             nll, bpd = f"{rel} {r.nll:.1f}", f"{rel} {r.bpd:.3f}"
-        fd = f"{r.fd:.1f}" + (f" (real: {floor:.1f})" if floor is not None else "")
-        cells = [r.family, r.name, nll, bpd, fd, f"{r.precision:.2f}", f"{r.recall:.2f}", f"{r.params:,}",
-                 f"{r.train_seconds:.0f} ({r.train_steps})", f"{1e3 * r.sample_seconds:.2f}", str(r.nfe)]  # fmt: skip
+        cells = [r.family, r.name, nll, bpd, f"{r.fd:.1f}", f"{r.precision:.2f}", f"{r.recall:.2f}", f"{r.copying:+.1f}",
+                 f"{r.params:,}", f"{r.train_seconds:.0f} ({r.train_steps})", f"{1e3 * r.sample_seconds:.2f}", str(r.nfe)]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
+    s = rows[0].score
+    real = ["real digits", f"{s.n} training digits (a perfect copier)", "", "", f"{s.fd_real:.1f} ± {s.fd_real_spread:.1f}",
+            f"{s.precision_real:.2f}", f"{s.recall_real:.2f}", f"{s.copying_real:+.1f}", "", "", "", ""]  # fmt: skip
+    lines.append("| " + " | ".join(real) + " |")
     return "\n".join(lines)
 
 
-__all__ = ["FAMILIES", "REFERENCE_STEPS_PER_SECOND", "TRAIN", "Row", "budget", "compare", "markdown_table", "real_floor", "snap"]
+__all__ = ["FAMILIES", "REFERENCE_STEPS_PER_SECOND", "TRAIN", "Row", "budget", "compare", "markdown_table", "snap"]
