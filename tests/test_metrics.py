@@ -512,3 +512,17 @@ def test_the_shipped_classifier_is_used_without_training_or_cache(tmp_path, monk
     assert all(torch.equal(shipped[k], v) for k, v in clf.state_dict().items())
     test = data.digits("test")
     assert (metrics.classify(test.unit())[0] == test.y).float().mean() > 0.95
+
+
+def test_a_class_balanced_yardstick_draws_training_digits_of_the_requested_classes(harness_classifier):
+    """With labels, every yardstick draw holds a training digit of each sample's class; a balanced set of real digits
+    scores lower than a random one and varies less (the class mix of a random draw is part of its noise)."""
+    labels = torch.arange(10).repeat_interleave(30)
+    idx = metrics._draw(300, tuple(labels.tolist()), torch.Generator().manual_seed(0))
+    assert torch.equal(data.digits("train").y[idx], labels) and len(idx.unique()) == 300
+    balanced, random = metrics.yardstick(300, seed=0, labels=labels), metrics.yardstick(300, seed=0)
+    assert balanced[0] < random[0] and balanced[1] < random[1]
+    with pytest.raises(ValueError, match="only"):
+        metrics.yardstick(300, seed=0, labels=torch.zeros(300, dtype=torch.long))
+    with pytest.raises(ValueError, match="one class per sample"):
+        metrics.score_digits(data.digits("val").unit()[:300], labels=labels[:100])
