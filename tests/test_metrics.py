@@ -252,16 +252,20 @@ def test_harness_features_and_label_histogram(harness_classifier):
         metrics.features(torch.zeros(2, 1, 16, 16))
 
 
-def test_fd_floor_is_small_and_positive(harness_classifier):
-    """fd_floor() is finite, positive and far below the FD of uniform-noise images."""
-    floor = metrics.fd_floor()
-    noise = metrics.fd_digits(torch.rand(350, 1, 8, 8, generator=torch.Generator().manual_seed(0)))
-    assert math.isfinite(floor) and floor > 0
-    assert noise > 10 * floor
+def test_fd_of_real_digits_is_small_and_positive_and_train_is_refused(harness_classifier):
+    """The FD of real validation digits against the test split is finite, positive and far below that of uniform-noise
+    images; scoring against the training split is refused."""
+    real = metrics.fd_digits(data.digits("val").unit()[:300])
+    noise = metrics.fd_digits(torch.rand(300, 1, 8, 8, generator=torch.Generator().manual_seed(0)))
+    assert math.isfinite(real) and real > 0
+    assert noise > 10 * real
+    for fn in (metrics.fd_digits, metrics.precision_recall_digits):
+        with pytest.raises(ValueError, match="held-out"):
+            fn(data.digits("val").unit(), "train")
 
 
 def test_precision_recall_digits_of_real_val_split(harness_classifier):
-    """Real held-out digits score high precision and recall against the train split."""
+    """Real validation digits score high precision and recall against the test split."""
     precision, recall = metrics.precision_recall_digits(data.digits("val").unit())
     assert precision > 0.7 and recall > 0.5
 

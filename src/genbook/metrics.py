@@ -282,14 +282,20 @@ def reference_features(split: str = "train") -> torch.Tensor:
     return _REFERENCE[split]
 
 
-def fd_digits(images: torch.Tensor, reference: str = "train") -> float:
-    """FD between digit images (N, 1, 8, 8) in [0, 1] and a real split, on the harness features."""
-    return frechet_distance(features(images), reference_features(reference))
+HELD_OUT = ("val", "test")  # validation digits choose models, test digits report them
 
 
-def fd_floor() -> float:
-    """FD(real val, real train): what a perfect model would score with 350 samples. Printed beside every FD."""
-    return fd_digits(data.digits("val").unit(), "train")
+def _held_out(reference: str) -> str:
+    """``reference`` if it is a split no model trained on, else a clear error: quality is never scored against train."""
+    if reference not in HELD_OUT:
+        raise ValueError(f"score against a held-out split, 'val' or 'test', not {reference!r}: no model may have trained on it")
+    return reference
+
+
+def fd_digits(images: torch.Tensor, reference: str = "test") -> float:
+    """FD between digit images (N, 1, 8, 8) in [0, 1] and a held-out split, on the harness features. Compare only FDs
+    of the same n (``SCORE_N``); ``score_digits`` puts the yardstick at that n beside it."""
+    return frechet_distance(features(images), reference_features(_held_out(reference)))
 
 
 # ----------------------------------------------------------------------------- precision / recall, MMD
@@ -319,9 +325,9 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tupl
     return precision, recall
 
 
-def precision_recall_digits(images: torch.Tensor, reference: str = "train", k: int = 3) -> tuple[float, float]:
-    """Precision and recall of digit images against a real split, on the harness features."""
-    return precision_recall(reference_features(reference), features(images), k)
+def precision_recall_digits(images: torch.Tensor, reference: str = "test", k: int = 3) -> tuple[float, float]:
+    """Precision and recall of digit images against a held-out split, on the harness features."""
+    return precision_recall(reference_features(_held_out(reference)), features(images), k)
 
 
 # ----------------------------------------------------------------------------- honest yardsticks
@@ -427,7 +433,6 @@ class Score:
         )
 
 
-HELD_OUT = ("val", "test")  # validation digits choose models, test digits report them
 SCORE_N = 300  # every FD, precision and recall in the book is computed on this many samples (FD's bias depends on n)
 _YARDSTICK: dict[tuple, tuple] = {}
 
@@ -477,9 +482,7 @@ def yardstick(n: int = SCORE_N, reference: str = "test", seed: int = 0, labels: 
     sampling noise at this n. The same numbers ``score_digits`` puts beside a model's FD (seed for seed). With
     ``labels`` (the classes a conditional model was asked for, one per sample) each draw takes a training digit of
     each sample's class: a class-balanced set of real digits scores lower, and varies less, than a random one."""
-    if reference not in HELD_OUT:
-        raise ValueError(f"the yardstick is measured against a held-out split, {HELD_OUT[0]!r} or {HELD_OUT[1]!r}, not {reference!r}")
-    fd, spread, *_ = _yardstick(n, reference, seed, 10, _labels_key(labels, n))
+    fd, spread, *_ = _yardstick(n, _held_out(reference), seed, 10, _labels_key(labels, n))
     return fd, spread
 
 
@@ -494,10 +497,7 @@ def score_digits(
     for, and the yardstick then draws training digits of the same classes (what a copier asked for those labels
     would output).
     """
-    if reference not in HELD_OUT:
-        raise ValueError(
-            f"score against a held-out split, {HELD_OUT[0]!r} or {HELD_OUT[1]!r}, not {reference!r}: no model may have trained on it"
-        )
+    _held_out(reference)
     n = len(images)
     if not 20 <= n <= len(data.digits("train")):
         raise ValueError(
