@@ -114,6 +114,28 @@ def test_pixel_transformer_is_causal_over_grey_levels():
     assert tf.sample(3, generator=torch.Generator().manual_seed(0)).shape == (3, 8, 8)
 
 
+def test_kv_cache_gives_the_full_pass_logits_and_the_same_samples():
+    torch.manual_seed(0)
+    tf = ar.pixel_transformer(dim=32, depth=2, heads=4, dropout=0.0).eval()
+    for p in tf.parameters():  # a trained-looking spread of logits, not the near-uniform ones of a fresh init
+        p.data.normal_(0, 0.3)
+    x = data.digits("train").x_int[:3, 0]  # (3, 8, 8)
+    seq = torch.cat([torch.full((3, 1), tf.start), x.flatten(1)[:, :-1]], 1)  # what forward feeds the network
+    full = tf.net(seq)  # (3, 64, 17)
+    cache = tf.net.kv_cache(3)
+    with torch.no_grad():
+        stepped = torch.stack([tf.net.step(seq[:, t], t, cache) for t in range(64)], 1)
+    torch.testing.assert_close(stepped, full, atol=1e-5, rtol=1e-5)
+    cached = tf.sample(50, generator=torch.Generator().manual_seed(1))
+    uncached = tf.sample(50, generator=torch.Generator().manual_seed(1), kv_cache=False)
+    assert torch.equal(cached, uncached)
+    assert len(cached.unique()) > 5  # the draws are not all one level
+    with pytest.raises(ValueError, match="outside"):
+        tf.net.step(seq[:, 0], 64, cache)
+    with pytest.raises(ValueError, match="causal"):
+        ar.MaskGIT(ar.MaskGITConfig(vocab=5, grid=2, dim=8, depth=1, heads=2, dropout=0.0)).net.step(seq[:, 0], 0, cache)
+
+
 def test_masking_schedule_and_random_mask_counts():
     assert ar.masking_schedule(0.0) == 1.0 and abs(ar.masking_schedule(1.0)) < 1e-12
     r = torch.linspace(0, 1, 5)

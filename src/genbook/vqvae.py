@@ -245,19 +245,23 @@ class CodePrior(nn.Module):
         return self.net(torch.cat([start, seq[:, :-1]], 1))  # (B, T, num_codes)
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0, kv_cache: bool = True) -> torch.Tensor:
         """Ancestral sampling c_i ~ p_psi(c_i | c_<i)^(1/temperature), one position at a time: -> (n, g, g) long.
 
         Each draw is argmax_k(logits_k / temperature + G_k) with G_k ~ Gumbel(0, 1) (the Gumbel-max trick); the
         uniforms come from ``generator`` on the CPU, so a seeded generator gives the same grids on any device.
+        ``kv_cache=True`` feeds one token per step and keeps every position's keys and values (T passes over one
+        position each); ``False`` re-runs the whole prefix at every step (T passes over up to T positions), the
+        same draws at a higher cost. Chapter 5, "Sampling is sequential".
         """
         device = self.net.pos.device
-        tokens = torch.full((n, 1), self.start, dtype=torch.long, device=device)  # (n, 1)
-        for _ in range(self.cfg.grid**2):
-            logits = self.net(tokens)[:, -1] / temperature  # (n, num_codes)
+        steps = self.cfg.grid**2
+        tokens = torch.full((n, steps + 1), self.start, dtype=torch.long, device=device)  # the start token, then the draws
+        cache = self.net.kv_cache(n) if kv_cache else None
+        for t in range(steps):
+            logits = self.net.step(tokens[:, t], t, cache) if kv_cache else self.net(tokens[:, : t + 1])[:, -1]  # (n, K)
             u = torch.rand(logits.shape, generator=generator).to(device)
-            nxt = (logits - torch.log(-torch.log(u))).argmax(1)  # -log(-log u) ~ Gumbel(0, 1)
-            tokens = torch.cat([tokens, nxt[:, None]], 1)  # (n, i + 2)
+            tokens[:, t + 1] = (logits / temperature - torch.log(-torch.log(u))).argmax(1)  # -log(-log u) ~ Gumbel(0, 1)
         return tokens[:, 1:].view(n, self.cfg.grid, self.cfg.grid)  # drop the start token
 
 

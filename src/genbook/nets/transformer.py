@@ -43,6 +43,19 @@ class TransformerBlock(nn.Module):
         x = x + self.proj(attend(self.qkv(self.ln1(x)), self.heads, causal, drop))  # (B, T, C)
         return x + self.mlp(self.ln2(x))
 
+    def step(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, t: int) -> torch.Tensor:
+        """The block at position ``t`` alone, for causal sampling with a KV cache: x (B, 1, C) -> (B, 1, C).
+
+        ``keys`` and ``values`` (B, nh, T, hd) hold the keys and values of positions 0..t-1; this position's are
+        written into slot t, and its query attends to slots 0..t, all of them in its past: causal without a mask.
+        """
+        b, _, c = x.shape
+        q, k, v = self.qkv(self.ln1(x)).reshape(b, 1, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)  # (B, nh, 1, hd)
+        keys[:, :, t : t + 1], values[:, :, t : t + 1] = k, v
+        y = F.scaled_dot_product_attention(q, keys[:, :, : t + 1], values[:, :, : t + 1])  # (B, nh, 1, hd)
+        x = x + self.proj(y.transpose(1, 2).reshape(b, 1, c))
+        return x + self.mlp(self.ln2(x))
+
 
 @dataclass
 class TinyTransformerConfig:
@@ -82,3 +95,29 @@ class TinyTransformer(nn.Module):
         for block in self.blocks:
             h = block(h, causal=self.cfg.causal)
         return self.head(self.ln(h))  # (B, T, V)
+
+    def kv_cache(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Empty key and value caches for :meth:`step`, each (depth, B, nh, seq_len, hd)."""
+        cfg = self.cfg
+        shape = (cfg.depth, batch, cfg.heads, cfg.seq_len, cfg.dim // cfg.heads)
+        p = self.pos
+        return torch.empty(shape, device=p.device, dtype=p.dtype), torch.empty(shape, device=p.device, dtype=p.dtype)
+
+    def step(self, token: torch.Tensor, t: int, cache: tuple[torch.Tensor, torch.Tensor], y: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits at position ``t`` given the token there and the cached past: token (B,) -> (B, V).
+
+        Equals ``forward(tokens)[:, t]`` for a causal model whose positions 0..t-1 went through ``step`` before (the
+        KV cache: each position's keys and values are computed once, so sampling T tokens costs O(T^2) attention
+        work instead of O(T^3) for T full passes). Chapter 5, "Sampling is sequential".
+        """
+        if not self.cfg.causal:
+            raise ValueError("step (a KV cache) needs a causal transformer: a bidirectional one's past changes with every token")
+        if not 0 <= t < self.cfg.seq_len:
+            raise ValueError(f"position {t} is outside 0..{self.cfg.seq_len - 1}")
+        h = self.tok(token)[:, None] + self.pos[:, t : t + 1]  # (B, 1, C)
+        if self.cls is not None and y is not None:
+            h = h + self.cls(y)[:, None, :]
+        keys, values = cache
+        for i, block in enumerate(self.blocks):
+            h = block.step(h, keys[i], values[i], t)
+        return self.head(self.ln(h))[:, 0]  # (B, V)
