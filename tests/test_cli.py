@@ -171,7 +171,10 @@ def test_fit_channels_last():
 
 @pytest.mark.integration
 @pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="torch.compile on a CPU needs a C compiler")
-def test_fit_compile_trains_the_same_model():
+def test_fit_compile_trains_the_same_model(tmp_path, monkeypatch):
+    # a cache of its own: inductor's default one (/tmp/torchinductor_$USER) does not key its C++ on
+    # ATEN_CPU_CAPABILITY, so code generated under the native kernels fails to build under "default" (torch 2.13)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
     x = torch.randn(64, 4)
