@@ -108,7 +108,8 @@ class TinyTransformer(nn.Module):
 
         Equals ``forward(tokens)[:, t]`` for a causal model whose positions 0..t-1 went through ``step`` before (the
         KV cache: each position's keys and values are computed once, so sampling T tokens costs O(T^2) attention
-        work instead of O(T^3) for T full passes). Chapter 5, "Sampling is sequential".
+        work instead of O(T^3) for T full passes). Chapter 5, "Sampling is sequential". It is for sampling: like
+        ``forward`` in eval mode, it applies no attention dropout.
         """
         if not self.cfg.causal:
             raise ValueError("step (a KV cache) needs a causal transformer: a bidirectional one's past changes with every token")
