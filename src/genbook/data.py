@@ -339,6 +339,156 @@ def moving_sprites(n: int, frames: int = 8, size: int = 16, seed: int = 0, speed
     return MovingSprites(clips, traj, vel, still.shape, still.colour)
 
 
+# ----------------------------------------------------------------------------- captioned shapes
+
+# One or two coloured shapes per image, with a caption from a small grammar (the text-to-image chapter). Layouts 0-3
+# hold one shape, at the left, right, top or bottom; layouts 4 and 5 hold two, side by side or one above the other,
+# slot 0 being the left (or upper) one. Every factor of every image is known, so prompt following is measured exactly.
+LAYOUTS = ("left", "right", "top", "bottom", "side by side", "stacked")
+SIZES = ("small", "big")
+_HALF_SIZE = (2.25, 3.25)  # pixels, for a 16 x 16 image
+_SLOT_CENTRES = (  # (x, y) of slot 0 and slot 1 in units of the image size, per layout
+    ((0.25, 0.5), None),
+    ((0.75, 0.5), None),
+    ((0.5, 0.25), None),
+    ((0.5, 0.75), None),
+    ((0.25, 0.5), (0.75, 0.5)),
+    ((0.5, 0.25), (0.5, 0.75)),
+)
+HELD_OUT = ((0, 2), (2, 1))  # (colour, shape) pairs never drawn in the "train" split: red triangles, blue circles
+CAPTION_SPLITS = ("train", "test", "novel", "all")
+
+_COLOUR_WORDS = (("red",), ("green",), ("blue",), ("yellow",))
+_SHAPE_WORDS = (("square", "box"), ("circle", "disc"), ("triangle",))
+_SIZE_WORDS = (("small", "little"), ("big", "large"))
+_PLACE_WORDS = (
+    ("on the left", "at the left"),
+    ("on the right", "at the right"),
+    ("at the top", "near the top"),
+    ("at the bottom", "near the bottom"),
+)
+_RELATION_WORDS = {  # the first-named shape relative to the second
+    "left of": ("left of", "to the left of"),
+    "right of": ("right of", "to the right of"),
+    "above": ("above", "over"),
+    "below": ("below", "under"),
+}
+
+
+def caption_words() -> list[str]:
+    """Every word the caption grammar can emit (the text encoders' vocabulary), sorted."""
+    phrases = [w for group in (*_COLOUR_WORDS, *_SHAPE_WORDS, *_SIZE_WORDS, *_PLACE_WORDS) for w in group]
+    phrases += [w for group in _RELATION_WORDS.values() for w in group] + ["a that is"]
+    return sorted({word for phrase in phrases for word in phrase.split()})
+
+
+@dataclass(frozen=True)
+class CaptionedShapes:
+    """Images of one or two shapes, their captions and every factor behind both.
+
+    Per-slot factors are (N, 2) with -1 in slot 1 of a one-shape image; slot 0 is the left or upper shape.
+    """
+
+    images: torch.Tensor  # (N, 3, S, S) in [0, 1]
+    captions: list[str]
+    layout: torch.Tensor  # (N,) index into LAYOUTS
+    colour: torch.Tensor  # (N, 2) index into COLOURS, -1 for no shape
+    shape: torch.Tensor  # (N, 2) index into SHAPES, -1 for no shape
+    size: torch.Tensor  # (N, 2) index into SIZES, -1 for no shape
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    @property
+    def pairs(self) -> torch.Tensor:
+        """(N,) True where the image holds two shapes."""
+        return self.layout >= 4
+
+    def subset(self, idx: torch.Tensor | slice) -> CaptionedShapes:
+        keep = torch.arange(len(self))[idx]
+        return CaptionedShapes(
+            self.images[keep],
+            [self.captions[i] for i in keep.tolist()],
+            self.layout[keep],
+            self.colour[keep],
+            self.shape[keep],
+            self.size[keep],
+        )
+
+
+def _object_phrase(colour: int, shape: int, size: int, g: torch.Generator) -> str:
+    pick = lambda options: options[int(torch.randint(len(options), (1,), generator=g))]  # noqa: E731
+    adjective, noun = pick(_SIZE_WORDS[size]), pick(_SHAPE_WORDS[shape])
+    colour_word = pick(_COLOUR_WORDS[colour])
+    if torch.rand(1, generator=g).item() < 0.25:  # another word order: "a red circle that is small"
+        return f"a {colour_word} {noun} that is {adjective}"
+    return f"a {adjective} {colour_word} {noun}"
+
+
+def _caption(layout: int, colour, shape, size, g: torch.Generator) -> str:
+    flip = torch.rand(1, generator=g).item() < 0.5
+    first = _object_phrase(colour[0], shape[0], size[0], g)
+    if layout < 4:
+        place = _PLACE_WORDS[layout][int(torch.randint(2, (1,), generator=g))]
+        return f"{place} {first}" if flip else f"{first} {place}"
+    second = _object_phrase(colour[1], shape[1], size[1], g)
+    relation = ("left of", "right of") if layout == 4 else ("above", "below")
+    if flip:  # name the right (lower) shape first: "a blue square right of a red circle"
+        first, second, relation = second, first, relation[::-1]
+    words = _RELATION_WORDS[relation[0]][int(torch.randint(2, (1,), generator=g))]
+    return f"{first} {words} {second}"
+
+
+def describe(layout: int, colour, shape, size) -> str:
+    """The plain caption of a scene (first synonyms, the left or upper shape named first): "a small red circle on the
+    left", "a big blue square left of a small green triangle". Per-slot factors as in ``CaptionedShapes``."""
+    first = f"a {_SIZE_WORDS[size[0]][0]} {_COLOUR_WORDS[colour[0]][0]} {_SHAPE_WORDS[shape[0]][0]}"
+    if layout < 4:
+        return f"{first} {_PLACE_WORDS[layout][0]}"
+    second = f"a {_SIZE_WORDS[size[1]][0]} {_COLOUR_WORDS[colour[1]][0]} {_SHAPE_WORDS[shape[1]][0]}"
+    return f"{first} {'left of' if layout == 4 else 'above'} {second}"
+
+
+def captioned_shapes(n: int, split: str = "train", seed: int = 0, size: int = 16) -> CaptionedShapes:
+    """n captioned images of one or two shapes (half each), drawn procedurally.
+
+    ``split``: "train" never draws a held-out (colour, shape) pair of ``HELD_OUT``; "test" is drawn the same way from
+    another random stream (images no model trained on); "novel" puts a held-out pair in every image (in one slot, the
+    other slot drawn freely); "all" draws every pair (for the attribute classifier, which must know them all).
+    """
+    _check_name(split, CAPTION_SPLITS, "caption split")
+    if size < 12:
+        raise ValueError(f"captioned shapes need at least 12 x 12 pixels for two shapes side by side, got {size}")
+    g = torch.Generator().manual_seed(1000 * seed + CAPTION_SPLITS.index(split))
+    layout = torch.cat([torch.randint(0, 4, (n - n // 2,), generator=g), torch.randint(4, 6, (n // 2,), generator=g)])
+    layout = layout[torch.randperm(n, generator=g)]
+    two = layout >= 4
+    combos = torch.tensor([(c, s) for c in range(len(COLOURS)) for s in range(len(SHAPES))])  # (12, 2)
+    seen = torch.tensor([tuple(c.tolist()) not in HELD_OUT for c in combos])
+    pool = combos if split in ("novel", "all") else combos[seen]
+    pair = pool[torch.randint(len(pool), (n, 2), generator=g)]  # (N, 2 slots, colour/shape)
+    if split == "novel":  # one slot (the only one, or either of two) gets a held-out pair
+        held = torch.tensor(HELD_OUT)[torch.randint(len(HELD_OUT), (n,), generator=g)]
+        slot = torch.where(two, torch.randint(2, (n,), generator=g), 0)
+        pair[torch.arange(n), slot] = held
+    scale = torch.randint(2, (n, 2), generator=g)
+    jitter = (torch.rand(n, 2, 2, generator=g) - 0.5) * 1.5  # up to 0.75 px either way, per slot and axis
+    absent = torch.stack([torch.zeros(n, dtype=torch.bool), ~two], 1)  # (N, 2)
+    colour = torch.where(absent, -1, pair[..., 0])
+    shape = torch.where(absent, -1, pair[..., 1])
+    scale = torch.where(absent, -1, scale)
+    centres = torch.tensor([[c0, c1 or (0.0, 0.0)] for c0, c1 in _SLOT_CENTRES]) * size  # (6, 2 slots, xy)
+    half = torch.tensor(_HALF_SIZE)[scale.clamp_min(0)] * size / 16  # (N, 2)
+    pos = torch.minimum(torch.maximum(centres[layout] + jitter, half[..., None]), size - half[..., None])
+    images = torch.full((n, 3, size, size), SPRITE_BACKGROUND)
+    for s in range(2):  # paint slot 0, then slot 1 where there is one (never overlapping: slots are half an image apart)
+        mask = _shape_masks(shape[:, s].clamp_min(0), pos[:, s, 0], pos[:, s, 1], half[:, s], size) * (~absent[:, s]).float()[:, None, None]
+        colours = COLOURS[colour[:, s].clamp_min(0)][:, :, None, None]
+        images = images + mask[:, None] * (colours - images)
+    captions = [_caption(int(layout[i]), colour[i].tolist(), shape[i].tolist(), scale[i].tolist(), g) for i in range(n)]
+    return CaptionedShapes(images, captions, layout, colour, shape, scale)
+
+
 # ----------------------------------------------------------------------------- batches
 
 

@@ -424,10 +424,11 @@ class Score:
     precision_real: float
     recall_real: float
     copying_real: float
+    real_name: str = "training digits"
 
     def __str__(self) -> str:
         return (
-            f"FD {self.fd:.1f} (n training digits: {self.fd_real:.1f} +- {self.fd_real_spread:.1f}), precision {self.precision:.2f} "
+            f"FD {self.fd:.1f} (n {self.real_name}: {self.fd_real:.1f} +- {self.fd_real_spread:.1f}), precision {self.precision:.2f} "
             f"({self.precision_real:.2f}), recall {self.recall:.2f} ({self.recall_real:.2f}), copying C_T {self.copying:+.1f} "
             f"({self.copying_real:+.1f}); n = {self.n} against the {self.reference} split"
         )

@@ -40,8 +40,9 @@ def eps_loss(eps_fn: EpsFn, sched: Schedule, x0: torch.Tensor, y: torch.Tensor |
     b = x0.shape[0]
     t = torch.randint(0, sched.T, (b,), device=x0.device)
     eps = torch.randn_like(x0)
-    if y is not None and p_uncond > 0:
-        y = torch.where(torch.rand(b, device=y.device) < p_uncond, torch.full_like(y, -1), y)
+    if y is not None and p_uncond > 0:  # y may be labels (B,) or a caption's tokens (B, L): a dropped row becomes -1
+        drop = (torch.rand(b, device=y.device) < p_uncond).view(b, *[1] * (y.dim() - 1))
+        y = torch.where(drop, torch.full_like(y, -1), y)
     return F.mse_loss(eps_fn(sched.q_sample(x0, t, eps), t, y), eps)
 
 

@@ -15,7 +15,8 @@ from torch import nn
 
 def attend(qkv: torch.Tensor, heads: int, causal: bool = False, dropout: float = 0.0, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Multi-head scaled dot-product attention from fused projections: (B, T, 3C) -> (B, T, C), before the output
-    projection. ``bias`` (nh, T, T) is added to the attention logits (a relative position bias); not with ``causal``."""
+    projection. ``bias`` (nh, T, T) is added to the attention logits (a relative position bias); a boolean ``bias``
+    broadcastable to (B, nh, T, T) is a mask, True where attention is allowed. Not with ``causal``."""
     if causal and bias is not None:
         raise ValueError("attend takes a causal mask or a bias, not both")
     b, t, c3 = qkv.shape
@@ -38,9 +39,10 @@ class TransformerBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool = False, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask`` (B, 1, 1, T), True where a key may be attended to (a caption's words, not its padding)."""
         drop = self.dropout if self.training else 0.0
-        x = x + self.proj(attend(self.qkv(self.ln1(x)), self.heads, causal, drop))  # (B, T, C)
+        x = x + self.proj(attend(self.qkv(self.ln1(x)), self.heads, causal, drop, bias=mask))  # (B, T, C)
         return x + self.mlp(self.ln2(x))
 
     def step(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, t: int) -> torch.Tensor:

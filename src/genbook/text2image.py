@@ -1,0 +1,560 @@
+"""Text to image at toy scale: captions as tokens, a text encoder, CLIP, cross-attention, and an exact ruler.
+
+| name in code | symbol |
+| ------------ | ------ |
+| ``tokens``   | a caption as word ids (B, L): <bos>, the words, then <pad>; a row of -1 is "no caption" |
+| ``h``, ``mask`` | the text encoder's token features (B, L, D) and which of them are real words (B, L) |
+| ``logit_scale`` | CLIP's learned temperature, logits = exp(logit_scale) <f(x), g(c)> |
+
+The data is ``data.captioned_shapes``: every colour, shape, size and place in an image is known, so an attribute
+classifier trained on real images measures prompt following exactly. The chapter "Text to image".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import pickle
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genbook import data, metrics
+from genbook.nets.dit import _modulate
+from genbook.nets.embeddings import SinusoidalEmbedding
+from genbook.nets.transformer import TransformerBlock, attend
+
+# ----------------------------------------------------------------------------- tokens
+
+
+class UnknownWordError(ValueError):
+    """A caption used a word the vocabulary does not have."""
+
+
+class Vocabulary:
+    """Word-level tokens: <pad> = 0, <bos> = 1, then the caption grammar's words in sorted order."""
+
+    PAD, BOS = 0, 1
+
+    def __init__(self, words: list[str] | None = None):
+        self.words = ["<pad>", "<bos>", *sorted(set(words if words is not None else data.caption_words()))]
+        self.index = {w: i for i, w in enumerate(self.words)}
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def encode(self, captions: list[str] | str, length: int = 18) -> torch.Tensor:
+        """Captions to (B, length) token ids: <bos>, one id per word (lower case, split on spaces), <pad> after."""
+        captions = [captions] if isinstance(captions, str) else list(captions)
+        out = torch.full((len(captions), length), self.PAD, dtype=torch.long)
+        for i, caption in enumerate(captions):
+            words = caption.lower().split()
+            unknown = [w for w in words if w not in self.index or w.startswith("<")]
+            if unknown:
+                raise UnknownWordError(
+                    f"caption {caption!r} uses {', '.join(map(repr, unknown))}, which the model has never seen; "
+                    f"use only these words: {' '.join(self.words[2:])}"
+                )
+            if len(words) + 1 > length:
+                raise ValueError(f"caption {caption!r} has {len(words)} words; at most {length - 1} fit")
+            out[i, 0] = self.BOS
+            out[i, 1 : len(words) + 1] = torch.tensor([self.index[w] for w in words], dtype=torch.long)
+        return out
+
+    def decode(self, tokens: torch.Tensor) -> list[str]:
+        return [" ".join(self.words[t] for t in row.tolist() if t > self.BOS) for row in tokens]
+
+
+def no_caption(tokens: torch.Tensor) -> torch.Tensor:
+    """Rows of -1 ("no caption", as ``diffusion.classifier_free`` writes them) become the empty caption, <bos> alone."""
+    empty = torch.zeros_like(tokens)
+    empty[:, 0] = Vocabulary.BOS
+    return torch.where(tokens[:, :1] < 0, empty, tokens)
+
+
+# ----------------------------------------------------------------------------- text encoder and CLIP
+
+
+class TextEncoder(nn.Module):
+    """Token ids (B, L) -> features (B, L, dim) and the mask of real tokens (B, L): a bidirectional transformer whose
+    attention never looks at padding, so the features of the words do not depend on how much padding follows."""
+
+    def __init__(self, vocab_size: int, dim: int = 64, depth: int = 2, heads: int = 4, length: int = 24):
+        super().__init__()
+        self.tok = nn.Embedding(vocab_size, dim)
+        self.pos = nn.Parameter(torch.randn(1, length, dim) * 0.02)
+        self.blocks = nn.ModuleList(TransformerBlock(dim, heads) for _ in range(depth))
+        self.ln = nn.LayerNorm(dim)
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = no_caption(tokens)
+        mask = tokens != Vocabulary.PAD  # (B, L)
+        h = self.tok(tokens) + self.pos[:, : tokens.shape[1]]
+        keep = mask[:, None, None, :]  # (B, 1, 1, L): every query may attend to the real tokens only
+        for block in self.blocks:
+            h = block(h, mask=keep)
+        return self.ln(h), mask
+
+    def pooled(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The mean of the real tokens' features, (B, dim)."""
+        h, mask = self(tokens)
+        w = mask.float()[..., None]
+        return (h * w).sum(1) / w.sum(1)
+
+
+class ImageEncoder(nn.Module):
+    """Images (B, 3, S, S) -> (B, dim): three 3x3 convolutions, two of them stride 2, then a linear layer."""
+
+    def __init__(self, dim: int = 64, size: int = 16, width: int = 32, channels: int = 3):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),  # S -> S/2
+            nn.SiLU(),
+            nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1),  # S/2 -> S/4
+            nn.SiLU(),
+            nn.Flatten(),
+            nn.Linear(2 * width * (size // 4) ** 2, dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class LatentEncoder(nn.Module):
+    """Latents (B, c, S, S) -> (B, dim): two 3x3 convolutions at full resolution, then a linear layer (CLIP's image
+    tower when the images are an autoencoder's latents)."""
+
+    def __init__(self, channels: int = 4, size: int = 4, dim: int = 64, width: int = 64):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.SiLU(),
+            nn.Flatten(),
+            nn.Linear(width * size * size, dim),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class CLIP(nn.Module):
+    """f(x) and g(c), unit vectors in a shared space, and the temperature (Radford et al. 2021; survey 6.2).
+    ``image`` is the image tower (default: an ``ImageEncoder`` on 16 x 16 pixels)."""
+
+    def __init__(self, vocab_size: int, dim: int = 64, image: nn.Module | None = None):
+        super().__init__()
+        self.image = image if image is not None else ImageEncoder(dim)
+        self.text = TextEncoder(vocab_size, dim)
+        self.text_proj = nn.Linear(dim, dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def embed_images(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.image(x), dim=-1)
+
+    def embed_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_proj(self.text.pooled(tokens)), dim=-1)
+
+    def similarity(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Cosine similarities (images, captions)."""
+        return self.embed_images(x) @ self.embed_text(tokens).T
+
+
+def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """The symmetric InfoNCE of CLIP: logits = exp(t) f g^T over a batch of B matching pairs, cross-entropy with
+    the diagonal as the target, once over captions for each image and once over images for each caption."""
+    logits = logit_scale.clamp(max=math.log(100)).exp() * image_emb @ text_emb.T  # (B, B)
+    target = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+# ----------------------------------------------------------------------------- cross-attention denoiser
+
+
+class CrossAttention(nn.Module):
+    """Image tokens (B, N, D) attend to text features (B, L, Dt), never to padding: softmax(Q K^T / sqrt(d)) V with
+    Q from the image and K, V from the text (survey eq. 95). With ``keep = True`` the weights (B, heads, N, L) of
+    the last call are kept in ``weights``, to show which words each region reads."""
+
+    def __init__(self, dim: int, text_dim: int, heads: int = 4):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
+        self.heads = heads
+        self.q, self.kv, self.proj = nn.Linear(dim, dim), nn.Linear(text_dim, 2 * dim), nn.Linear(dim, dim)
+        self.keep, self.weights = False, None
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        hd = d // self.heads
+        q = self.q(x).reshape(b, n, self.heads, hd).transpose(1, 2)  # (B, nh, N, hd)
+        k, v = self.kv(h).reshape(b, h.shape[1], 2, self.heads, hd).permute(2, 0, 3, 1, 4)  # each (B, nh, L, hd)
+        allowed = mask[:, None, None, :]  # (B, 1, 1, L)
+        if self.keep:
+            logits = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
+            self.weights = logits.masked_fill(~allowed, float("-inf")).softmax(-1).detach()
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # (B, nh, N, hd)
+        return self.proj(y.transpose(1, 2).reshape(b, n, d))
+
+
+class TextDiTBlock(nn.Module):
+    """A DiT block (adaLN-Zero on t) with cross-attention to the caption between self-attention and the MLP."""
+
+    def __init__(self, dim: int, text_dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.ln1 = nn.LayerNorm(dim, elementwise_affine=False)
+        self.ln2 = nn.LayerNorm(dim)
+        self.ln3 = nn.LayerNorm(dim, elementwise_affine=False)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.cross = CrossAttention(dim, text_dim, heads)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        nn.init.zeros_(self.ada[1].weight)
+        nn.init.zeros_(self.ada[1].bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.ada(c).chunk(6, dim=1)
+        x = x + gate_a[:, None] * self.proj(attend(self.qkv(_modulate(self.ln1(x), shift_a, scale_a)), self.heads))
+        x = x + self.cross(self.ln2(x), h, mask)
+        return x + gate_m[:, None] * self.mlp(_modulate(self.ln3(x), shift_m, scale_m))
+
+
+class TextDiT(nn.Module):
+    """eps_theta(z_t, t, caption) on latents (B, C, S, S): a DiT over 1x1 patches whose blocks read the caption's
+    token features through cross-attention, as Stable Diffusion's UNet does. ``text`` is the text encoder: frozen
+    (``freeze_text``, Stable Diffusion's choice: CLIP's, trained before) or trained with the denoiser (Imagen's ablation).
+    ``y`` is the caption's tokens (B, L); a row of -1 (``diffusion.classifier_free``'s "no label") is the empty
+    caption, which the model learns from caption dropout."""
+
+    def __init__(
+        self,
+        text: TextEncoder,
+        channels: int = 4,
+        size: int = 4,
+        dim: int = 64,
+        depth: int = 4,
+        heads: int = 4,
+        freeze_text: bool = True,
+        time_scale: float = 1000.0,
+    ):
+        super().__init__()
+        self.text, self.freeze_text = text, freeze_text
+        if freeze_text:
+            text.requires_grad_(False)
+        text_dim = text.ln.normalized_shape[0]
+        self.embed = nn.Linear(channels, dim)
+        self.pos = nn.Parameter(torch.randn(1, size * size, dim) * 0.02)
+        self.time = SinusoidalEmbedding(dim, scale=time_scale)
+        self.blocks = nn.ModuleList(TextDiTBlock(dim, text_dim, heads) for _ in range(depth))
+        self.ln = nn.LayerNorm(dim, elementwise_affine=False)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.out = nn.Linear(dim, channels)
+        for layer in (self.ada[1], self.out):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def cross_attention(self, keep: bool) -> None:
+        """Keep (or stop keeping) every block's cross-attention weights of the next call."""
+        for block in self.blocks:
+            block.cross.keep, block.cross.weights = keep, None
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        b, ch, s, _ = x.shape
+        if self.freeze_text:
+            self.text.eval()
+            with torch.no_grad():
+                h, mask = self.text(y)
+        else:
+            h, mask = self.text(y)
+        z = self.embed(x.flatten(2).transpose(1, 2)) + self.pos  # (B, S*S, D)
+        c = self.time(t)
+        for block in self.blocks:
+            z = block(z, c, h, mask)
+        shift, scale = self.ada(c).chunk(2, dim=1)
+        z = self.out(_modulate(self.ln(z), shift, scale))  # (B, S*S, C)
+        return z.transpose(1, 2).reshape(b, ch, s, s)
+
+
+# ----------------------------------------------------------------------------- latent autoencoder
+
+
+class SpatialAutoencoder(nn.Module):
+    """Images (B, 3, 16, 16) <-> latents (B, c, 4, 4): Stable Diffusion's kind of autoencoder at toy scale, whose
+    latent keeps a spatial layout (a region per latent pixel) for cross-attention to address. ``width`` channels at
+    8 x 8 and 4 x 4, half of them at full resolution."""
+
+    def __init__(self, channels: int = 4, width: int = 64):
+        super().__init__()
+        outer = width // 2
+        self.encoder = nn.Sequential(
+            nn.Conv2d(3, outer, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(outer, width, 4, stride=2, padding=1),  # 16 -> 8
+            nn.SiLU(),
+            nn.Conv2d(width, width, 4, stride=2, padding=1),  # 8 -> 4
+            nn.SiLU(),
+            nn.Conv2d(width, channels, 1),
+        )
+        self.decoder = nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1),
+            nn.SiLU(),
+            nn.ConvTranspose2d(width, width, 4, stride=2, padding=1),  # 4 -> 8
+            nn.SiLU(),
+            nn.ConvTranspose2d(width, outer, 4, stride=2, padding=1),  # 8 -> 16
+            nn.SiLU(),
+            nn.Conv2d(outer, 3, 3, padding=1),
+        )
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.decoder(z))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+
+# ----------------------------------------------------------------------------- the ruler: an attribute classifier
+
+
+HEADS = {"layout": len(data.LAYOUTS), "colour": len(data.COLOURS), "shape": len(data.SHAPES), "size": len(data.SIZES)}
+
+
+class AttributeClassifier(nn.Module):
+    """Reads every factor back from an image: the layout, and colour, shape and size of each of the two slots.
+    ``features`` (B, 64) are the penultimate activations, the feature space of this data's FD."""
+
+    def __init__(self, size: int = 16, width: int = 32):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.SiLU(),
+            nn.MaxPool2d(2),  # 16 -> 8
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.SiLU(),
+            nn.MaxPool2d(2),  # 8 -> 4
+            nn.Flatten(),
+            nn.Linear(2 * width * (size // 4) ** 2, 64),
+            nn.SiLU(),
+        )
+        self.layout = nn.Linear(64, HEADS["layout"])
+        self.slots = nn.Linear(64, 2 * (HEADS["colour"] + HEADS["shape"] + HEADS["size"]))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits: "layout" (B, 6), and "colour", "shape", "size" (B, 2 slots, classes)."""
+        phi = self.features(x)
+        colour, shape, size = self.slots(phi).view(len(x), 2, -1).split([HEADS["colour"], HEADS["shape"], HEADS["size"]], -1)
+        return {"layout": self.layout(phi), "colour": colour, "shape": shape, "size": size}
+
+
+CLASSIFIER_RECIPE = {"seed": 0, "images": 20000, "steps": 3000, "batch": 128, "lr": 2e-3, "width": 32}
+_CLASSIFIER: AttributeClassifier | None = None
+
+
+def train_attribute_classifier(recipe: dict | None = None) -> AttributeClassifier:
+    """Train the ruler on real images of every (colour, shape) pair, the held-out ones included, deterministically
+    (fixed seed, CPU); the caller's random stream is left as it was."""
+    r = {**CLASSIFIER_RECIPE, **(recipe or {})}
+    shapes = data.captioned_shapes(r["images"], "all", seed=r["seed"])
+    factors = _factors(shapes)
+    g = torch.Generator().manual_seed(r["seed"])
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():
+        torch.manual_seed(r["seed"])
+        model = AttributeClassifier(width=r["width"])
+        opt = torch.optim.Adam(model.parameters(), lr=r["lr"])
+        model.train()
+        for _ in range(r["steps"]):
+            idx = torch.randint(0, len(shapes), (r["batch"],), generator=g)
+            loss = attribute_loss(model, shapes.images[idx], {k: v[idx] for k, v in factors.items()})
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval().requires_grad_(False)
+
+
+def attribute_classifier(verbose: bool = False) -> AttributeClassifier:
+    """The ruler of the text-to-image chapter: the weights shipped with the package for ``CLASSIFIER_RECIPE`` (the
+    same ruler on every machine, as for the digits harness), else cached in ``GENBOOK_CACHE``, else trained."""
+    global _CLASSIFIER
+    if _CLASSIFIER is not None:
+        return _CLASSIFIER
+    key = hashlib.sha256(repr(sorted(CLASSIFIER_RECIPE.items())).encode()).hexdigest()[:12]
+    name = f"shapes_classifier_{key}.pt"
+    for path in (metrics.SHIPPED_DIR / name, metrics.cache_dir() / name):
+        if path.exists():
+            try:
+                model = AttributeClassifier(width=CLASSIFIER_RECIPE["width"])
+                model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            except (RuntimeError, OSError, EOFError, pickle.UnpicklingError):
+                continue  # a stale or damaged cache file: retrain below and overwrite it
+            _CLASSIFIER = model.eval().requires_grad_(False)
+            if verbose:
+                print(f"attribute classifier: weights from {path}")
+            return _CLASSIFIER
+    start = time.perf_counter()
+    model = train_attribute_classifier()
+    path = metrics.cache_dir() / name
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)
+    except OSError:
+        pass  # a read-only cache folder only costs a retrain next time
+    if verbose:
+        print(f"attribute classifier trained in {time.perf_counter() - start:.1f} s, cached at {path}")
+    _CLASSIFIER = model
+    return model
+
+
+def _factors(batch: data.CaptionedShapes | dict) -> dict[str, torch.Tensor]:
+    if isinstance(batch, data.CaptionedShapes):
+        return {"layout": batch.layout, "colour": batch.colour, "shape": batch.shape, "size": batch.size}
+    return batch
+
+
+def attribute_loss(model: AttributeClassifier, x: torch.Tensor, factors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy of the layout and of each present slot's colour, shape and size (slot 1 of a one-shape image is
+    absent, -1, and ignored)."""
+    out = model(x)
+    loss = F.cross_entropy(out["layout"], factors["layout"])
+    for name in ("colour", "shape", "size"):
+        loss = loss + F.cross_entropy(out[name].flatten(0, 1), factors[name].flatten(), ignore_index=-1)
+    return loss
+
+
+@torch.no_grad()
+def read_attributes(model: AttributeClassifier, images: torch.Tensor, batch: int = 1024) -> dict[str, torch.Tensor]:
+    """The classifier's reading of each image: "layout" (N,), "colour", "shape", "size" (N, 2), on the CPU."""
+    model.eval()
+    device = next(model.parameters()).device
+    outs = [model(images[i : i + batch].to(device)) for i in range(0, len(images), batch)]
+    return {k: torch.cat([o[k] for o in outs]).argmax(-1).cpu() for k in outs[0]}
+
+
+def attribute_accuracy(model: AttributeClassifier, shapes: data.CaptionedShapes) -> dict[str, float]:
+    """Per-factor accuracy on real images with known factors (present slots only)."""
+    pred, true = read_attributes(model, shapes.images), _factors(shapes)
+    acc = {"layout": (pred["layout"] == true["layout"]).float().mean().item()}
+    for name in ("colour", "shape", "size"):
+        present = true[name] >= 0
+        acc[name] = (pred[name] == true[name])[present].float().mean().item()
+    return acc
+
+
+def prompt_following(model: AttributeClassifier, images: torch.Tensor, asked: data.CaptionedShapes) -> dict[str, float]:
+    """How often generated ``images`` show what their captions (``asked``, one per image) asked for, as the attribute
+    classifier reads them.
+
+    - "place": the layout (where a single shape is, or whether two are side by side or stacked);
+    - "colour", "shape", "size": per shape named, in its slot;
+    - "order": of the two-shape captions whose two (colour, shape) pairs were both drawn, in either order, the share
+      drawn in the order asked (the spatial relation alone; chance 0.5 when the two pairs differ);
+    - "all": every factor right at once.
+    """
+    pred, true = read_attributes(model, images), _factors(asked)
+    present = true["colour"] >= 0
+    right = {name: (pred[name] == true[name]) | ~present for name in ("colour", "shape", "size")}
+    place = pred["layout"] == true["layout"]
+    out = {"place": place.float().mean().item()}
+    for name in ("colour", "shape", "size"):
+        out[name] = (pred[name] == true[name])[present].float().mean().item()
+    out["all"] = (place & right["colour"].all(1) & right["shape"].all(1) & right["size"].all(1)).float().mean().item()
+    identity = true["colour"] * len(data.SHAPES) + true["shape"]  # (N, 2) which pair each slot asked for
+    drawn = pred["colour"] * len(data.SHAPES) + pred["shape"]
+    pairs = (true["layout"] >= 4) & (identity[:, 0] != identity[:, 1]) & (pred["layout"] == true["layout"])
+    straight = (drawn == identity).all(1)
+    swapped = (drawn == identity.flip(1)).all(1)
+    either = pairs & (straight | swapped)
+    every = place & right["colour"].all(1) & right["shape"].all(1) & right["size"].all(1)
+    two = true["layout"] >= 4
+    out["all, one shape"], out["all, two shapes"] = every[~two].float().mean().item(), every[two].float().mean().item()
+    out["order"] = (straight & either).float().sum().item() / int(either.sum()) if either.any() else float("nan")
+    out["order_n"] = int(either.sum())
+    return out
+
+
+@torch.no_grad()
+def zero_shot(similarity, x: torch.Tensor, shapes: data.CaptionedShapes, vocab: Vocabulary, factor: str) -> float:
+    """CLIP as a classifier it was never trained to be: for each image, the caption it matches best among the plain
+    captions of its own scene with ``factor`` set to every value it can take. ``factor``: "colour", "shape", "size" or
+    "place" (one-shape images), or "order" (two-shape images: the true caption against the one with the shapes
+    swapped). ``similarity(x, tokens)`` gives (images, captions) scores; ``x`` holds the images' inputs to it."""
+    two = factor == "order"
+    keep = torch.nonzero(shapes.pairs if two else ~shapes.pairs).flatten()
+    options = 2 if two else {"place": 4, **HEADS}[factor]
+    captions = []
+    for i in keep.tolist():
+        layout, colour, shape, size = int(shapes.layout[i]), shapes.colour[i].tolist(), shapes.shape[i].tolist(), shapes.size[i].tolist()
+        for v in range(options):
+            if two:
+                c, s_, z = (colour, shape, size) if v == 0 else (colour[::-1], shape[::-1], size[::-1])
+                captions.append(data.describe(layout, c, s_, z))
+            elif factor == "place":
+                captions.append(data.describe(v, colour, shape, size))
+            else:
+                f = {"colour": colour, "shape": shape, "size": size}
+                f[factor] = [v, -1]
+                captions.append(data.describe(layout, f["colour"], f["shape"], f["size"]))
+    sims = similarity(x[keep], vocab.encode(captions).to(x.device))  # (n, n * options)
+    n = len(keep)
+    own = sims.view(n, n, options)[torch.arange(n), torch.arange(n)]  # (n, options): each image against its captions
+    if two:
+        truth = torch.zeros(n, dtype=torch.long)  # the true caption is option 0
+    else:
+        truth = {"place": shapes.layout, "colour": shapes.colour[:, 0], "shape": shapes.shape[:, 0], "size": shapes.size[:, 0]}[factor][
+            keep
+        ]
+    return (own.argmax(1).cpu() == truth).float().mean().item()
+
+
+def score_shapes(
+    model: AttributeClassifier,
+    images: torch.Tensor,
+    reference: torch.Tensor,
+    train: torch.Tensor,
+    seed: int = 0,
+    redraws: int = 10,
+) -> metrics.Score:
+    """FD, precision, recall and the copying statistic C_T of n images in the attribute classifier's feature space,
+    against ``reference`` images no model trained on, beside the yardstick: n ``train`` images scored the same way
+    (mean and spread of FD over 1 + ``redraws`` draws), as ``metrics.score_digits`` does for digits."""
+    n = len(images)
+    if not 20 <= n <= len(train):
+        raise ValueError(f"score_shapes needs between 20 and {len(train)} images (the training images bound the yardstick's n), got {n}")
+    with torch.no_grad():
+        model.eval()
+        device = next(model.parameters()).device
+        feats = [model.features(x.to(device)).cpu() for x in (images, reference, train)]
+    f_gen, f_ref, f_train = feats
+    g = torch.Generator().manual_seed(seed)
+    draws = [torch.randperm(len(train), generator=g)[:n] for _ in range(1 + redraws)]
+    fds = [metrics.frechet_distance(f_train[d], f_ref) for d in draws]
+    p_real, r_real = metrics.precision_recall(f_ref, f_train[draws[0]])
+    p, r = metrics.precision_recall(f_ref, f_gen)
+    return metrics.Score(
+        n=n,
+        reference="held-out images",
+        fd=metrics.frechet_distance(f_gen, f_ref),
+        precision=p,
+        recall=r,
+        copying=metrics.copying_statistic(f_train, f_ref, f_gen, seed=seed),
+        fd_real=float(np.mean(fds)),
+        fd_real_spread=float(np.std(fds, ddof=1)),
+        precision_real=p_real,
+        recall_real=r_real,
+        copying_real=metrics.copying_statistic(f_train, f_ref, f_train[draws[0]], seed=seed),
+        real_name="training images",
+    )
