@@ -144,6 +144,25 @@ class LatentEncoder(nn.Module):
         return self.net(z)
 
 
+class NoisyLatentEncoder(nn.Module):
+    """Noisy latents and their step, (z_t (B, c, S, S), t (B,)) -> (B, dim): a ``LatentEncoder`` whose first features
+    are shifted by an embedding of t, so that one image tower reads clean latents (t = 0) and noisy ones. GLIDE's
+    CLIP guidance needs such a noise-aware CLIP, since the gradient is taken at every step of sampling."""
+
+    def __init__(self, channels: int = 4, size: int = 4, dim: int = 64, width: int = 64):
+        super().__init__()
+        self.first = nn.Conv2d(channels, width, 3, padding=1)
+        self.time = SinusoidalEmbedding(width, scale=1.0)  # t is an integer step 0..T-1, as in the DiT
+        self.rest = nn.Sequential(
+            nn.SiLU(), nn.Conv2d(width, width, 3, padding=1), nn.SiLU(), nn.Flatten(), nn.Linear(width * size * size, dim)
+        )
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        if t is None:
+            t = torch.zeros(len(z), dtype=torch.long, device=z.device)
+        return self.rest(self.first(z) + self.time(t)[:, :, None, None])
+
+
 class CLIP(nn.Module):
     """f(x) and g(c), unit vectors in a shared space, and the temperature (Radford et al. 2021; survey 6.2).
     ``image`` is the image tower (default: an ``ImageEncoder`` on 16 x 16 pixels)."""
@@ -155,8 +174,9 @@ class CLIP(nn.Module):
         self.text_proj = nn.Linear(dim, dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
-    def embed_images(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.image(x), dim=-1)
+    def embed_images(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        """Unit image embeddings; ``t`` (B,) the diffusion step of noisy inputs, for a noise-aware image tower."""
+        return F.normalize(self.image(x) if t is None else self.image(x, t), dim=-1)
 
     def embed_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text_proj(self.text.pooled(tokens)), dim=-1)
@@ -172,6 +192,34 @@ def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torc
     logits = logit_scale.clamp(max=math.log(100)).exp() * image_emb @ text_emb.T  # (B, B)
     target = torch.arange(len(logits), device=logits.device)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def noised_clip_loss(model: CLIP, sched, z: torch.Tensor, tokens: torch.Tensor, p_clean: float = 0.5) -> torch.Tensor:
+    """CLIP's loss on latents noised to a random step t of ``sched`` (GLIDE's noised CLIP), clean (t = 0) with
+    probability ``p_clean`` so the same model still reads clean latents."""
+    t = torch.randint(0, sched.T, (len(z),), device=z.device)
+    t = torch.where(torch.rand(len(z), device=z.device) < p_clean, torch.zeros_like(t), t)
+    z_t = sched.q_sample(z, t, torch.randn_like(z))
+    return clip_loss(model.embed_images(z_t, t), model.embed_text(tokens), model.logit_scale)
+
+
+def clip_guided(eps_fn, clip: CLIP, sched, scale: float):
+    """eps_hat(z_t, t, c) = eps(z_t, t, c) - s sqrt(1 - alpha_bar_t) grad_z <f(z_t, t), g(c)>: survey eq. 93 (GLIDE's
+    CLIP guidance) written for eps-prediction, as ``diffusion.classifier_guided`` writes eq. 91. ``clip`` must be
+    noise-aware (trained with :func:`noised_clip_loss`); ``y`` is the caption's tokens."""
+
+    def guided(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        eps = eps_fn(x, t, y)
+        if scale == 0:
+            return eps
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            similarity = (clip.embed_images(xg, t) * clip.embed_text(y)).sum()
+            (grad,) = torch.autograd.grad(similarity, xg)
+        ab = sched.alpha_bar.to(x.device, x.dtype)[t].view(-1, *[1] * (x.dim() - 1))
+        return eps - scale * (1 - ab).sqrt() * grad
+
+    return guided
 
 
 # ----------------------------------------------------------------------------- cross-attention denoiser
@@ -231,7 +279,7 @@ class TextDiT(nn.Module):
     token features through cross-attention, as Stable Diffusion's UNet does. ``text`` is the text encoder: frozen
     (``freeze_text``, Stable Diffusion's choice: CLIP's, trained before) or trained with the denoiser (Imagen's ablation).
     ``y`` is the caption's tokens (B, L); a row of -1 (``diffusion.classifier_free``'s "no label") is the empty
-    caption, which the model learns from caption dropout."""
+    caption, which the model learns from caption dropout. ``t`` is an integer step (``time_scale`` 1, as chapter 6)."""
 
     def __init__(
         self,
@@ -242,7 +290,7 @@ class TextDiT(nn.Module):
         depth: int = 4,
         heads: int = 4,
         freeze_text: bool = True,
-        time_scale: float = 1000.0,
+        time_scale: float = 1.0,
     ):
         super().__init__()
         self.text, self.freeze_text = text, freeze_text
@@ -490,10 +538,19 @@ def prompt_following(model: AttributeClassifier, images: torch.Tensor, asked: da
 def zero_shot(similarity, x: torch.Tensor, shapes: data.CaptionedShapes, vocab: Vocabulary, factor: str) -> float:
     """CLIP as a classifier it was never trained to be: for each image, the caption it matches best among the plain
     captions of its own scene with ``factor`` set to every value it can take. ``factor``: "colour", "shape", "size" or
-    "place" (one-shape images), or "order" (two-shape images: the true caption against the one with the shapes
-    swapped). ``similarity(x, tokens)`` gives (images, captions) scores; ``x`` holds the images' inputs to it."""
+    "place" (one-shape images), or "order" (two-shape images with two different shapes: the true caption against
+    the one with the shapes swapped). ``similarity(x, tokens)`` gives (images, captions) scores; ``x`` holds the
+    images' inputs to it. Ties count as a share of a hit, so a matcher that cannot tell captions apart scores chance."""
     two = factor == "order"
-    keep = torch.nonzero(shapes.pairs if two else ~shapes.pairs).flatten()
+    if two:  # two identical shapes: the swapped caption is the same caption
+        differ = (
+            (shapes.colour[:, 0] != shapes.colour[:, 1])
+            | (shapes.shape[:, 0] != shapes.shape[:, 1])
+            | (shapes.size[:, 0] != shapes.size[:, 1])
+        )
+        keep = torch.nonzero(shapes.pairs & differ).flatten()
+    else:
+        keep = torch.nonzero(~shapes.pairs).flatten()
     options = 2 if two else {"place": 4, **HEADS}[factor]
     captions = []
     for i in keep.tolist():
@@ -517,7 +574,9 @@ def zero_shot(similarity, x: torch.Tensor, shapes: data.CaptionedShapes, vocab: 
         truth = {"place": shapes.layout, "colour": shapes.colour[:, 0], "shape": shapes.shape[:, 0], "size": shapes.size[:, 0]}[factor][
             keep
         ]
-    return (own.argmax(1).cpu() == truth).float().mean().item()
+    own = own.cpu()
+    tied = own == own.max(1, keepdim=True).values  # a tie with the truth earns 1 / (options tied), not a win
+    return (tied[torch.arange(n), truth].float() / tied.sum(1)).mean().item()
 
 
 def score_shapes(
