@@ -167,6 +167,10 @@ def test_frozen_text_encoder_gets_no_gradient():
     loss.backward()
     assert all(p.grad is None for p in text.parameters())
     assert any(p.grad is not None for p in den.blocks.parameters())
+    learned = t2i.TextEncoder(len(vocab), dim=32)  # Imagen's ablation: the text encoder trained with the denoiser
+    den = t2i.TextDiT(learned, dim=32, depth=1, freeze_text=False)
+    dif.eps_loss(den, dif.cosine_schedule(100), torch.randn(4, 4, 4, 4), vocab.encode(["a red box on the left"] * 4)).backward()
+    assert all(p.requires_grad for p in learned.parameters()) and learned.tok.weight.grad is not None
 
 
 def test_the_ruler_reads_real_images_and_prompt_following_scores_them():

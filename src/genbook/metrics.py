@@ -20,6 +20,7 @@ import math
 import os
 import pickle
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,24 +94,31 @@ def dequantized_nll(log_p_y: torch.Tensor, dims: int, levels: int = data.DIGIT_L
 # ----------------------------------------------------------------------------- the digits classifier
 
 
+def classifier_body(channels: int, size: int, width: int = 32, feature_dim: int = 64, act: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    """The rulers' feature extractor: (B, channels, S, S) -> (B, feature_dim). Two 3x3 convolutions, max pooling,
+    a third convolution, max pooling again (S -> S/4), a linear layer. The digits classifier here and the text-to-image
+    chapter's attribute classifier (``text2image.AttributeClassifier``) are this body with their own heads."""
+    return nn.Sequential(
+        nn.Conv2d(channels, width, 3, padding=1),
+        act(),
+        nn.Conv2d(width, width, 3, padding=1),
+        act(),
+        nn.MaxPool2d(2),  # S -> S/2
+        nn.Conv2d(width, 2 * width, 3, padding=1),
+        act(),
+        nn.MaxPool2d(2),  # S/2 -> S/4
+        nn.Flatten(),
+        nn.Linear(2 * width * (size // 4) ** 2, feature_dim),
+        act(),
+    )
+
+
 class DigitsClassifier(nn.Module):
     """A small CNN on 8x8 digits in [0, 1]; ``features`` gives the 64-d vectors the Frechet distance uses."""
 
     def __init__(self, width: int = 32, feature_dim: int = 64):
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(1, width, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(width, width, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),  # 8 -> 4
-            nn.Conv2d(width, 2 * width, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),  # 4 -> 2
-            nn.Flatten(),
-            nn.Linear(2 * width * 4, feature_dim),
-            nn.ReLU(),
-        )
+        self.body = classifier_body(1, 8, width, feature_dim)
         self.head = nn.Linear(feature_dim, 10)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -173,33 +181,26 @@ _CLASSIFIER: DigitsClassifier | None = None
 SHIPPED_DIR = Path(__file__).parent / "weights"
 
 
-def digits_classifier(verbose: bool = False) -> DigitsClassifier:
-    """The harness classifier: the weights shipped with the package for ``CLASSIFIER_RECIPE``; if a changed recipe has
-    none, loaded from ``GENBOOK_CACHE`` if trained before, else trained (~15 s on 2 cores) and cached."""
-    global _CLASSIFIER
-    if _CLASSIFIER is not None:
-        return _CLASSIFIER
-    key = hashlib.sha256(repr(sorted(CLASSIFIER_RECIPE.items())).encode()).hexdigest()[:12]
-    model = DigitsClassifier(CLASSIFIER_RECIPE["width"], CLASSIFIER_RECIPE["feature_dim"])
-    shipped = SHIPPED_DIR / f"digits_classifier_{key}.pt"
-    if shipped.exists():
-        model.load_state_dict(torch.load(shipped, map_location="cpu", weights_only=True))
-        _CLASSIFIER = model.eval().requires_grad_(False)
-        if verbose:
-            print(f"harness classifier: the package's weights ({shipped.name})")
-        return _CLASSIFIER
-    path = cache_dir() / f"digits_classifier_{key}.pt"
-    if path.exists():
+def load_or_train(
+    name: str, build: Callable[[], nn.Module], train: Callable[[], nn.Module], label: str, verbose: bool = False
+) -> nn.Module:
+    """A ruler's weights: the file ``name`` shipped with the package (``SHIPPED_DIR``), else the same file in
+    ``GENBOOK_CACHE`` if trained before, else ``train()``, cached there for next time. ``build()`` makes the empty
+    network; a damaged or stale file is passed over. Returns the model in eval mode without gradients."""
+    model = build()
+    for path in (SHIPPED_DIR / name, cache_dir() / name):
+        if not path.exists():
+            continue
         try:
             model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            _CLASSIFIER = model.eval().requires_grad_(False)
-            if verbose:
-                print(f"harness classifier loaded from {path}")
-            return _CLASSIFIER
         except (RuntimeError, OSError, EOFError, pickle.UnpicklingError):
-            pass  # a stale or damaged cache file: retrain and overwrite it
+            continue  # a stale or damaged cache file: retrain and overwrite it
+        if verbose:
+            print(f"{label}: the package's weights ({path.name})" if path.parent == SHIPPED_DIR else f"{label} loaded from {path}")
+        return model.eval().requires_grad_(False)
     start = time.perf_counter()
-    model = train_digits_classifier()
+    model = train()
+    path = cache_dir() / name
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -208,9 +209,24 @@ def digits_classifier(verbose: bool = False) -> DigitsClassifier:
     except OSError:
         pass  # a read-only cache folder only costs a retrain next time
     if verbose:
-        print(f"harness classifier trained in {time.perf_counter() - start:.1f} s, cached at {path}")
-    _CLASSIFIER = model
-    return model
+        print(f"{label} trained in {time.perf_counter() - start:.1f} s, cached at {path}")
+    return model.eval().requires_grad_(False)
+
+
+def digits_classifier(verbose: bool = False) -> DigitsClassifier:
+    """The harness classifier: the weights shipped with the package for ``CLASSIFIER_RECIPE``; if a changed recipe has
+    none, loaded from ``GENBOOK_CACHE`` if trained before, else trained (~15 s on 2 cores) and cached."""
+    global _CLASSIFIER
+    if _CLASSIFIER is None:
+        key = hashlib.sha256(repr(sorted(CLASSIFIER_RECIPE.items())).encode()).hexdigest()[:12]
+        _CLASSIFIER = load_or_train(
+            f"digits_classifier_{key}.pt",
+            lambda: DigitsClassifier(CLASSIFIER_RECIPE["width"], CLASSIFIER_RECIPE["feature_dim"]),
+            train_digits_classifier,
+            "harness classifier",
+            verbose,
+        )
+    return _CLASSIFIER
 
 
 @torch.no_grad()

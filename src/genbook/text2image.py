@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import pickle
-import time
 
 import numpy as np
 import torch
@@ -105,49 +103,11 @@ class TextEncoder(nn.Module):
         return (h * w).sum(1) / w.sum(1)
 
 
-class ImageEncoder(nn.Module):
-    """Images (B, 3, S, S) -> (B, dim): three 3x3 convolutions, two of them stride 2, then a linear layer."""
-
-    def __init__(self, dim: int = 64, size: int = 16, width: int = 32, channels: int = 3):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(channels, width, 3, padding=1),
-            nn.SiLU(),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),  # S -> S/2
-            nn.SiLU(),
-            nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1),  # S/2 -> S/4
-            nn.SiLU(),
-            nn.Flatten(),
-            nn.Linear(2 * width * (size // 4) ** 2, dim),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-class LatentEncoder(nn.Module):
-    """Latents (B, c, S, S) -> (B, dim): two 3x3 convolutions at full resolution, then a linear layer (CLIP's image
-    tower when the images are an autoencoder's latents)."""
-
-    def __init__(self, channels: int = 4, size: int = 4, dim: int = 64, width: int = 64):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(channels, width, 3, padding=1),
-            nn.SiLU(),
-            nn.Conv2d(width, width, 3, padding=1),
-            nn.SiLU(),
-            nn.Flatten(),
-            nn.Linear(width * size * size, dim),
-        )
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z)
-
-
 class NoisyLatentEncoder(nn.Module):
-    """Noisy latents and their step, (z_t (B, c, S, S), t (B,)) -> (B, dim): a ``LatentEncoder`` whose first features
-    are shifted by an embedding of t, so that one image tower reads clean latents (t = 0) and noisy ones. GLIDE's
-    CLIP guidance needs such a noise-aware CLIP, since the gradient is taken at every step of sampling."""
+    """Noisy latents and their step, (z_t (B, c, S, S), t (B,)) -> (B, dim): two 3x3 convolutions and a linear layer,
+    the first convolution's features shifted by an embedding of t, so that one image tower reads clean latents
+    (t = 0) and noisy ones. GLIDE's CLIP guidance needs such a noise-aware CLIP, since the gradient is taken at every
+    step of sampling."""
 
     def __init__(self, channels: int = 4, size: int = 4, dim: int = 64, width: int = 64):
         super().__init__()
@@ -165,11 +125,11 @@ class NoisyLatentEncoder(nn.Module):
 
 class CLIP(nn.Module):
     """f(x) and g(c), unit vectors in a shared space, and the temperature (Radford et al. 2021; survey 6.2).
-    ``image`` is the image tower (default: an ``ImageEncoder`` on 16 x 16 pixels)."""
+    ``image`` is the image tower, mapping its inputs to ``dim`` numbers (the chapter's: ``NoisyLatentEncoder``)."""
 
-    def __init__(self, vocab_size: int, dim: int = 64, image: nn.Module | None = None):
+    def __init__(self, vocab_size: int, image: nn.Module, dim: int = 64):
         super().__init__()
-        self.image = image if image is not None else ImageEncoder(dim)
+        self.image = image
         self.text = TextEncoder(vocab_size, dim)
         self.text_proj = nn.Linear(dim, dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
@@ -382,19 +342,7 @@ class AttributeClassifier(nn.Module):
 
     def __init__(self, size: int = 16, width: int = 32):
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(3, width, 3, padding=1),
-            nn.SiLU(),
-            nn.Conv2d(width, width, 3, padding=1),
-            nn.SiLU(),
-            nn.MaxPool2d(2),  # 16 -> 8
-            nn.Conv2d(width, 2 * width, 3, padding=1),
-            nn.SiLU(),
-            nn.MaxPool2d(2),  # 8 -> 4
-            nn.Flatten(),
-            nn.Linear(2 * width * (size // 4) ** 2, 64),
-            nn.SiLU(),
-        )
+        self.body = metrics.classifier_body(3, size, width, 64, act=nn.SiLU)
         self.layout = nn.Linear(64, HEADS["layout"])
         self.slots = nn.Linear(64, 2 * (HEADS["colour"] + HEADS["shape"] + HEADS["size"]))
 
@@ -437,40 +385,20 @@ def attribute_classifier(verbose: bool = False) -> AttributeClassifier:
     """The ruler of the text-to-image chapter: the weights shipped with the package for ``CLASSIFIER_RECIPE`` (the
     same ruler on every machine, as for the digits harness), else cached in ``GENBOOK_CACHE``, else trained."""
     global _CLASSIFIER
-    if _CLASSIFIER is not None:
-        return _CLASSIFIER
-    key = hashlib.sha256(repr(sorted(CLASSIFIER_RECIPE.items())).encode()).hexdigest()[:12]
-    name = f"shapes_classifier_{key}.pt"
-    for path in (metrics.SHIPPED_DIR / name, metrics.cache_dir() / name):
-        if path.exists():
-            try:
-                model = AttributeClassifier(width=CLASSIFIER_RECIPE["width"])
-                model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            except (RuntimeError, OSError, EOFError, pickle.UnpicklingError):
-                continue  # a stale or damaged cache file: retrain below and overwrite it
-            _CLASSIFIER = model.eval().requires_grad_(False)
-            if verbose:
-                print(f"attribute classifier: weights from {path}")
-            return _CLASSIFIER
-    start = time.perf_counter()
-    model = train_attribute_classifier()
-    path = metrics.cache_dir() / name
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), path.with_suffix(".tmp"))
-        path.with_suffix(".tmp").replace(path)
-    except OSError:
-        pass  # a read-only cache folder only costs a retrain next time
-    if verbose:
-        print(f"attribute classifier trained in {time.perf_counter() - start:.1f} s, cached at {path}")
-    _CLASSIFIER = model
-    return model
+    if _CLASSIFIER is None:
+        key = hashlib.sha256(repr(sorted(CLASSIFIER_RECIPE.items())).encode()).hexdigest()[:12]
+        _CLASSIFIER = metrics.load_or_train(
+            f"shapes_classifier_{key}.pt",
+            lambda: AttributeClassifier(width=CLASSIFIER_RECIPE["width"]),
+            train_attribute_classifier,
+            "attribute classifier",
+            verbose,
+        )
+    return _CLASSIFIER
 
 
-def _factors(batch: data.CaptionedShapes | dict) -> dict[str, torch.Tensor]:
-    if isinstance(batch, data.CaptionedShapes):
-        return {"layout": batch.layout, "colour": batch.colour, "shape": batch.shape, "size": batch.size}
-    return batch
+def _factors(shapes: data.CaptionedShapes) -> dict[str, torch.Tensor]:
+    return {"layout": shapes.layout, "colour": shapes.colour, "shape": shapes.shape, "size": shapes.size}
 
 
 def attribute_loss(model: AttributeClassifier, x: torch.Tensor, factors: dict[str, torch.Tensor]) -> torch.Tensor:
