@@ -11,7 +11,10 @@ CHAPTERS ?=
 SEEDS ?= 0 1 2
 KERNELS ?= native default
 
-.PHONY: help install book student test test-unit test-integration test-notebooks test-book test-site robustness logo execute lint format clean distclean
+# the graded exercises' submissions (make grade SUBMISSIONS=path/to/notebooks)
+SUBMISSIONS ?=
+
+.PHONY: help install book student grade test test-unit test-integration test-notebooks test-book test-site robustness logo execute lint format clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -29,8 +32,13 @@ $(STAMP): requirements.txt pyproject.toml tools/install_torch.py
 book: $(STAMP) ## build the HTML book into _build/html from the committed notebooks (no execution)
 	$(VENV)/bin/jupyter-book build . $(BOOKFLAGS)
 
-student: $(STAMP) ## student copies of the chapters in _student/chapters/: solutions replaced by empty cells, outputs cleared
+student: $(STAMP) ## student copies in _student/chapters/ (solutions removed, graded functions reduced to their signatures) and otter autograders in _student/autograder/
 	$(PY) tools/make_student.py --out _student
+
+grade: $(STAMP) ## grade a folder of student notebooks offline into SUBMISSIONS/grades.csv, one row per exercise (make grade SUBMISSIONS=dir; needs make student)
+	@test -n "$(SUBMISSIONS)" || { echo "say which folder: make grade SUBMISSIONS=path/to/notebooks"; exit 2; }
+	test -d _student/autograder || $(MAKE) student
+	$(PY) tools/grade.py "$(SUBMISSIONS)" --autograders _student/autograder
 
 test: $(STAMP) ## everything CI runs: lint, unit tests, notebooks (fast profile, nbval), book with warnings as errors, site in Chromium
 	$(MAKE) lint

@@ -55,7 +55,9 @@ def test_notebook_follows_the_contract_skeleton(nb_path):
     assert any("check(" in s for s in source), "no check(...) cell"
     assert any("setup(" in s for s in source[:2]), "genbook.setup() must run in the first code cells"
     assert "run_report(" in source[-1], "the last cell prints the run report"
-    solutions = [c for c in code if "solution" in c.get("metadata", {}).get("tags", [])]
+    tags = [c.get("metadata", {}).get("tags", []) for c in code]
+    solutions = [c for c, t in zip(code, tags) if "solution" in t and "graded" not in t]  # exploration exercises
+    assert sum("graded" in t for t in tags) >= 2, "at least two graded exercises (genbook.exercises), tagged 'solution' and 'graded'"
     assert 3 <= len(solutions) <= 6, "3 to 6 exercise solutions, tagged 'solution'"
     assert all("hide-cell" in c["metadata"]["tags"] for c in solutions), "solutions are hidden behind a toggle"
     assert nb_path.stat().st_size < 8e6, "notebook over 8 MB: shrink figures"

@@ -22,10 +22,15 @@ def solution(source: str):
 def test_student_copy_drops_exactly_the_solutions(path):
     nb = nbformat.read(path, as_version=4)
     student = make_student.student_copy(nb)
-    n_solutions = sum(map(make_student.is_solution, nb.cells))
+
+    def explored(c):  # an exploration exercise's answer: removed whole (a graded one keeps its signature)
+        return make_student.is_solution(c) and not make_student.is_graded(c)
+
+    n_solutions, n_graded = sum(map(explored, nb.cells)), sum(map(make_student.is_graded, nb.cells))
     assert 3 <= n_solutions <= 6, f"the chapter contract asks for 3 to 6 exercises with solutions, {path.name} has {n_solutions}"
-    assert not any(map(make_student.is_solution, student.cells))
-    kept = [c.source for c in nb.cells if not make_student.is_solution(c)]
+    assert n_graded >= 2, f"issue 28 asks for at least two graded exercises per chapter, {path.name} has {n_graded}"
+    assert not any(map(explored, student.cells))
+    kept = [c.source for c in nb.cells if not explored(c)]
     body = [c for c in student.cells if c.source != make_student.NOTE]
     assert [c.source for c in body if "exercise" not in c.metadata.get("tags", [])] == kept  # the rest unchanged, in order
     assert sum("exercise" in c.metadata.get("tags", []) for c in body) == n_solutions  # one cell to write in per solution
@@ -64,10 +69,10 @@ def test_main_writes_copies_and_refuses_a_broken_one(tmp_path):
     bad = new_notebook(cells=[new_markdown_cell("# T"), solution("y = 1"), new_code_cell("print(y)")])
     nbformat.write(good, tmp_path / "good.ipynb")
     nbformat.write(bad, tmp_path / "bad.ipynb")
-    assert make_student.main([str(tmp_path / "good.ipynb"), "--out", str(tmp_path / "out")]) == 0
+    assert make_student.main([str(tmp_path / "good.ipynb"), "--out", str(tmp_path / "out"), "--no-autograder"]) == 0
     copy = nbformat.read(tmp_path / "out" / "chapters" / "good.ipynb", as_version=4)
     assert [c.source for c in copy.cells] == ["# T", make_student.NOTE, "x = 1", make_student.PLACEHOLDER, "print(x)"]
-    assert make_student.main([str(tmp_path / "bad.ipynb"), "--out", str(tmp_path / "out2")]) == 1
+    assert make_student.main([str(tmp_path / "bad.ipynb"), "--out", str(tmp_path / "out2"), "--no-autograder"]) == 1
     assert not (tmp_path / "out2").exists()  # nothing written when a copy would break
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "causal_mask",
     "dependency_map",
     "maskgit_loss",
+    "masked_cross_entropy",
     "maskgit_sample",
     "marginal_nll",
     "masking_schedule",
@@ -324,6 +325,12 @@ def random_mask(b: int, t: int, device: torch.device | str | None = None) -> tor
     return rank < n_masked[:, None]
 
 
+def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the masked positions of the whole batch only: MaskGIT's loss (Chang et al. 2022, eq. 1)
+    given the network's output. Shapes: logits (B, T, V), targets (B, T) long, masked (B, T) bool -> scalar."""
+    return F.cross_entropy(logits[masked], targets[masked])
+
+
 def maskgit_loss(model: MaskGIT, grids: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the original tokens at the masked positions only (the visible ones are given).
 
@@ -332,7 +339,7 @@ def maskgit_loss(model: MaskGIT, grids: torch.Tensor) -> torch.Tensor:
     seq = grids.flatten(1)  # (B, T)
     masked = random_mask(*seq.shape, device=seq.device)
     logits = model(seq.masked_fill(masked, model.mask_id))  # (B, T, V)
-    return F.cross_entropy(logits[masked], seq[masked])
+    return masked_cross_entropy(logits, seq, masked)
 
 
 @torch.no_grad()

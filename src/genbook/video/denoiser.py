@@ -26,6 +26,16 @@ from genbook.nets import UNet
 from genbook.nets.transformer import attend
 
 
+def frames_to_sequences(h: torch.Tensor, frames: int) -> torch.Tensor:
+    """Per-frame features of B clips, (B*T, C, H, W) clip-major (row b*T + t is frame t of clip b), as one sequence
+    over time per clip and spatial position: (B*H*W, T, C), row b*H*W + p holding position p of clip b. What
+    factorized temporal attention attends over (survey eq. 125); chapter 8, "Video diffusion"."""
+    bt, c, hh, ww = h.shape
+    if bt % frames:
+        raise ValueError(f"{bt} frames in the batch is not a whole number of clips of {frames} frames")
+    return h.view(bt // frames, frames, c, hh * ww).permute(0, 3, 1, 2).reshape(bt // frames * hh * ww, frames, c)
+
+
 class TemporalAttention(nn.Module):
     """Multi-head self-attention over the T frames at each spatial position, with a learned relative position bias
     per head (Ho et al. 2022) and a residual whose output projection is zero-initialized.
@@ -53,7 +63,7 @@ class TemporalAttention(nn.Module):
         b = bt // frames
         ij = torch.arange(frames, device=h.device)
         bias = self.rel_bias[:, ij[:, None] - ij[None, :] + self.max_frames - 1]  # (nh, T, T)
-        seq = h.view(b, frames, c, hh * ww).permute(0, 3, 1, 2).reshape(b * hh * ww, frames, c)  # (B*HW, T, C)
+        seq = frames_to_sequences(h, frames)  # (B*HW, T, C)
         qkv = self.qkv(self.norm(seq))  # (B*HW, T, 3C)
         # in chunks: CUDA's attention kernels put this batch in a grid dimension capped at 65535 (1000 clips of
         # 16 x 16 would be 256,000 sequences)
@@ -91,4 +101,4 @@ def inflate(image: UNet, heads: int = 4) -> VideoUNet:
     return VideoUNet(copy.deepcopy(image), heads)
 
 
-__all__ = ["TemporalAttention", "VideoUNet", "inflate"]
+__all__ = ["TemporalAttention", "VideoUNet", "frames_to_sequences", "inflate"]
