@@ -51,6 +51,8 @@ def test_notebook_follows_the_contract_skeleton(nb_path):
     outputs = [o for c in code for o in c.get("outputs", [])]
     assert outputs, "committed without outputs"
     assert not [o for o in outputs if o["output_type"] == "error"], "an error output is committed"
+    unrun = [i for i, c in enumerate(code) if c.get("outputs") and c.get("execution_count") is None]
+    assert not unrun, f"code cells {unrun} have outputs but no execution count: nbval fails them as 'unrun reference cells'"
     source = ["".join(c["source"]) for c in code]
     assert any("check(" in s for s in source), "no check(...) cell"
     assert any("setup(" in s for s in source[:2]), "genbook.setup() must run in the first code cells"

@@ -121,6 +121,19 @@ def test_mark_bodies_hides_the_body_after_the_docstring():
         make_student.mark_bodies("x = 1")
 
 
+def test_grading_finds_the_exercise_cells_without_the_tags():
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    cells = [
+        new_code_cell("train_for_ten_minutes()"),
+        new_code_cell("import torch\n\n\ndef reparameterize(mu, logvar, eps):\n    ...", metadata={"tags": ["otter_ignore"]}),
+        new_code_cell("def helper(x):\n    return x"),
+        new_code_cell("def gaussian_kl(mu, logvar) :\n    return (", metadata={"tags": ["solution"]}),  # a syntax error: run, reported
+    ]
+    out = _tool("grade").retag(new_notebook(cells=cells), {"reparameterize", "gaussian_kl"})
+    assert [c.metadata["tags"] for c in out.cells] == [["otter_ignore"], [], ["otter_ignore"], ["solution"]]
+
+
 @pytest.mark.integration
 def test_otter_copies_and_grading_end_to_end(tmp_path):
     """make student's otter pipeline on chapter 2, then make grade's grader on three submissions: the reference
@@ -138,6 +151,8 @@ def test_otter_copies_and_grading_end_to_end(tmp_path):
 
     subs = tmp_path / "subs"
     subs.mkdir()
+    for c in student.cells:  # as if an editor had dropped every tag: grading must still skip the training
+        c.metadata.pop("tags", None)
     nbformat.write(student, subs / "02_vae-blank.ipynb")
     reference = nbformat.read(paths["solutions"], as_version=4)
     nbformat.write(reference, subs / "reference-02_vae.ipynb")

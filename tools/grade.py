@@ -4,8 +4,10 @@ Usage: python tools/grade.py SUBMISSIONS [--autograders _student/autograder] [--
 
 Each notebook in SUBMISSIONS (searched recursively) is matched to its chapter by the assignment name otter assign
 stored in it (``make student`` wrote the copies the students got), or else by a chapter's file name inside its own
-name (``02_vae-ana.ipynb``). Otter runs its graded cells only (every other cell is tagged otter_ignore, so nothing is
-trained) in a fresh kernel, without Docker, and calls each check of ``genbook.exercises`` on the student's function.
+name (``02_vae-ana.ipynb``). Otter runs its graded cells only, in a fresh kernel, without Docker, and calls each check
+of ``genbook.exercises`` on the student's function. The graded cells are found again here, as the cells that define
+one of the chapter's exercise functions, and every other code cell is tagged otter_ignore, so nothing is trained
+even if an editor dropped the tags ``make student`` set.
 The CSV has one row per notebook and exercise: score, possible points, and the feedback of the checks that failed.
 A notebook that cannot be matched or graded gets a row saying why; the others are still graded.
 """
@@ -16,6 +18,7 @@ import argparse
 import csv
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,11 +48,33 @@ def feedback(message: str) -> str:
     return lines[-1] if lines else message
 
 
+def retag(nb, functions: set[str]):
+    """``nb`` with every code cell that does not define one of ``functions`` tagged otter_ignore, and the cells that
+    do untagged: what otter runs when it grades. A line-based match, so a cell with a syntax error is still run
+    (and its error reported) rather than skipped."""
+    define = re.compile(r"^(?:async\s+)?def\s+(\w+)\s*\(", re.MULTILINE)
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        tags = [t for t in cell.metadata.get("tags", []) if t != "otter_ignore"]
+        if not functions & set(define.findall(cell.source)):
+            tags.append("otter_ignore")
+        cell.metadata["tags"] = tags
+    return nb
+
+
 def grade(path: Path, zip_path: Path) -> list[dict]:
     """One row per exercise of ``path``, graded with the autograder at ``zip_path``."""
     from otter.api import grade_submission
 
-    results = grade_submission(str(path), str(zip_path), quiet=True)
+    from genbook import exercises
+
+    chapter = int(zip_path.stem[:2])
+    nb = retag(nbformat.read(path, as_version=4), {e.function for e in exercises.for_chapter(chapter)})
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / path.name
+        nbformat.write(nb, prepared)
+        results = grade_submission(str(prepared), str(zip_path), quiet=True)
     rows = []
     for name, result in results.results.items():
         failed = [feedback(tc.message) for tc in result.test_case_results if not tc.passed]

@@ -41,7 +41,9 @@ IGNORE_TAG = "otter_ignore"
 PLACEHOLDER = "# Your solution to the exercise above."
 NOTE = (
     "```{note}\nThis is the **student copy** of the chapter: the solutions to the exercises are removed and "
-    "each is replaced by an empty cell for yours. Outputs are cleared; run the cells in order.\n```"
+    "each is replaced by an empty cell for yours. The graded exercises at the end keep their function's signature: "
+    "write its body, keep its imports in its cell, and run the check cell under it. Outputs are cleared; run the "
+    "cells in order.\n```"
 )
 EXERCISE = re.compile(r"\{admonition\}\s*Exercise|^#+\s*Exercises", re.MULTILINE)  # a box, or a section of them
 
