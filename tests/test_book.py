@@ -112,3 +112,22 @@ def test_workflows_test_and_publish_the_configured_book():
     assert "actions/deploy-pages" in publish_yml and "pages: write" in publish_yml
     assert site_url(REPO) in (ROOT / "README.md").read_text(), f"the README should link the site {site_url(REPO)}"
     assert site_url("https://github.com/Some-Owner/some-book") == "https://some-owner.github.io/some-book/"
+
+
+PAGE_WIDTH = 88  # the book's code column; chapters/ruff.toml formats the chapters to it
+
+
+@pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.name)
+def test_visible_code_fits_the_page(nb_path):
+    """No code a reader sees scrolls sideways: every line of a code cell the book shows (all but remove-input and
+    remove-cell) is at most PAGE_WIDTH characters, and so is every line of the package source show_source displays."""
+    wide = []
+    for i, c in enumerate(cells(nb_path)):
+        if c["cell_type"] != "code" or {"remove-input", "remove-cell"} & set(c.get("metadata", {}).get("tags", [])):
+            continue
+        wide += [(i, "code", ln) for ln in "".join(c["source"]).split("\n") if len(ln) > PAGE_WIDTH]
+        for o in c.get("outputs", []):
+            shown = "".join(o.get("data", {}).get("text/markdown", ""))
+            if "```python" in shown:  # show_source's output
+                wide += [(i, "show_source", ln) for ln in shown.split("\n") if len(ln) > PAGE_WIDTH]
+    assert not wide, f"{len(wide)} visible lines wider than {PAGE_WIDTH}, e.g. {wide[:3]}"

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from genbook import runtime
+from genbook import page, runtime
 
 
 class CheckFailed(AssertionError):
@@ -101,8 +101,9 @@ def progress(iterable: Any = None, **kwargs: Any) -> tqdm:
 
 
 def show_source(obj: Any) -> None:
-    """Show the source of a function or class from the package, highlighted, in the notebook."""
-    source = inspect.getsource(obj)
+    """Show the source of a function or class from the package, highlighted, in the notebook, formatted to the book's
+    code column (``page.fit_to_page``: the package itself is formatted at 140 columns)."""
+    source = page.fit_to_page(inspect.getsource(obj))
     module = inspect.getmodule(obj)
     where = f"{module.__name__}.{obj.__qualname__}" if module else obj.__qualname__
     try:
