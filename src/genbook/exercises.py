@@ -365,8 +365,9 @@ def _extreme(n: int = 4) -> torch.Tensor:
 
 
 def _coupling_parts(dim: int, parity: int, seed: int):
-    torch.manual_seed(seed)  # the net's initialization
-    net = nn.Sequential(nn.Linear(dim, 16), nn.Tanh(), nn.Linear(16, 2 * dim))
+    with torch.random.fork_rng():  # a fixed initialization that leaves the reader's random stream alone
+        torch.manual_seed(seed)
+        net = nn.Sequential(nn.Linear(dim, 16), nn.Tanh(), nn.Linear(16, 2 * dim))
     return flow_core.alternating_mask(dim, parity), net
 
 
@@ -722,37 +723,34 @@ def _images(seed: int, n: int = 3, c: int = 1, size: int = 8) -> torch.Tensor:
     return torch.rand(n, c, size, size, generator=_g(seed))
 
 
-def _ring_unsquared(images):
+def _ring_variant(images, squared: bool = True, shifted: bool = True, averaged: bool = True):
+    """spectrum.ring_power with one step done wrong: the magnitude instead of the power, the spectrum not centred, or
+    the ring's total instead of its mean (the three diagnoses below)."""
     grey = images.float().mean(1)
     h, w = grey.shape[-2:]
-    mag = torch.fft.fftshift(torch.fft.fft2(grey), dim=(-2, -1)).abs().flatten(1)
-    r, bins = spectrum._rings(h, w, grey.device)
-    sums = torch.zeros(len(grey), bins, dtype=mag.dtype).index_add(1, r, mag)
-    return sums / torch.bincount(r, minlength=bins).to(mag.dtype)
-
-
-def _ring_unshifted(images):
-    grey = images.float().mean(1)
-    h, w = grey.shape[-2:]
-    power = torch.fft.fft2(grey).abs().pow(2).flatten(1)
+    f = torch.fft.fft2(grey)
+    f = torch.fft.fftshift(f, dim=(-2, -1)) if shifted else f
+    power = (f.abs().pow(2) if squared else f.abs()).flatten(1)
     r, bins = spectrum._rings(h, w, grey.device)
     sums = torch.zeros(len(grey), bins, dtype=power.dtype).index_add(1, r, power)
-    return sums / torch.bincount(r, minlength=bins).to(power.dtype)
+    return sums / torch.bincount(r, minlength=bins).to(power.dtype) if averaged else sums
 
 
-def _ring_summed(images):
-    grey = images.float().mean(1)
-    h, w = grey.shape[-2:]
-    power = torch.fft.fftshift(torch.fft.fft2(grey), dim=(-2, -1)).abs().pow(2).flatten(1)
-    r, bins = spectrum._rings(h, w, grey.device)
-    return torch.zeros(len(grey), bins, dtype=power.dtype).index_add(1, r, power)
+def _ring_unsquared(images):
+    return _ring_variant(images, squared=False)
 
 
 _RING = dict(function="ring_power", rtol=1e-3, atol=1e-3)
 _RING_DIAG = (
     (_ring_unsquared, "power is the squared magnitude |F(u, v)|^2 of the transform"),
-    (_ring_unshifted, "measure each frequency's radius from the zero frequency: centre the spectrum with fftshift first"),
-    (_ring_summed, "average the power over each ring (rings hold different numbers of frequencies), do not sum it"),
+    (
+        lambda images: _ring_variant(images, shifted=False),
+        "measure each frequency's radius from the zero frequency: centre the spectrum with fftshift first",
+    ),
+    (
+        lambda images: _ring_variant(images, averaged=False),
+        "average the power over each ring (rings hold different numbers of frequencies), do not sum it",
+    ),
 )
 
 
