@@ -14,7 +14,7 @@ KERNELS ?= native default
 # the graded exercises' submissions (make grade SUBMISSIONS=path/to/notebooks)
 SUBMISSIONS ?=
 
-.PHONY: help install book student grade test test-unit test-integration test-notebooks test-book test-site robustness logo execute lint format clean distclean
+.PHONY: help install book student grade test test-unit test-integration test-notebooks test-smoke test-book test-site projection robustness logo execute lint format clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -45,6 +45,7 @@ test: $(STAMP) ## everything CI runs: lint, unit tests, notebooks (fast profile,
 	$(MAKE) test-unit
 	$(MAKE) test-integration
 	$(MAKE) test-notebooks
+	$(MAKE) test-smoke
 	$(MAKE) test-book
 	$(MAKE) test-site
 
@@ -56,6 +57,12 @@ test-integration: $(STAMP) ## the slow end-to-end tests: torchrun on two process
 
 test-notebooks: $(STAMP) ## run every chapter with nbval in the fast profile (lax: cells must run; GENBOOK_STRICT=1: checks raise)
 	GENBOOK_PROFILE=fast GENBOOK_STATIC=1 GENBOOK_STRICT=1 $(PY) -m pytest --nbval-lax --nbval-cell-timeout=900 -p no:cacheprovider $(NOTEBOOKS) -q --durations=0
+
+test-smoke: $(STAMP) ## every chapter in smoke mode: the full profile's sizes on the CPU, training loops cut to 3 steps (an error fails; checks are reported, not enforced); projected GPU cost in _build/projection.json
+	GENBOOK_DEVICE=cpu $(PY) tools/bench.py --smoke --out _build/projection.json --max-seconds 120
+
+projection: $(STAMP) ## as test-smoke, counting all work, into bench/projection.json: the full profile's projected time and memory on a T4, an A100 and an H200
+	GENBOOK_DEVICE=cpu $(PY) tools/bench.py --smoke --count --max-seconds 400
 
 test-book: $(STAMP) ## build the book from scratch with warnings as errors
 	rm -rf _build/html _build/.doctrees

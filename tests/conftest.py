@@ -25,6 +25,7 @@ GENBOOK_VARS = (
     "GENBOOK_STATIC",
     "GENBOOK_DATA",
     "GENBOOK_STRICT",
+    "GENBOOK_SMOKE",
 )
 
 
@@ -35,6 +36,10 @@ def clean_genbook_state(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(runtime, "_CURRENT", None)
     yield
+    rt = runtime.current()
+    if rt is not None and rt.ledger is not None and rt.ledger.count_all:  # stop counting, or every later test is counted
+        rt.ledger.counter.__exit__(None, None, None)
+        rt.ledger = None
     plt.close("all")
 
 

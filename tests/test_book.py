@@ -131,3 +131,62 @@ def test_visible_code_fits_the_page(nb_path):
             if "```python" in shown:  # show_source's output
                 wide += [(i, "show_source", ln) for ln in shown.split("\n") if len(ln) > PAGE_WIDTH]
     assert not wide, f"{len(wide)} visible lines wider than {PAGE_WIDTH}, e.g. {wide[:3]}"
+
+
+LENGTH = re.compile(r"(?i)(?<!sample_)(steps|epochs|iters)")  # SAMPLE_STEPS: a sampler's steps, a size
+
+
+def _code_trees(nb_path: Path):
+    import ast
+
+    for i, c in enumerate(cells(nb_path)):
+        if c["cell_type"] == "code":
+            source = "".join(c["source"])
+            if not source.lstrip().startswith(("%", "!")):
+                yield i, ast.parse(source)
+
+
+@pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.name)
+def test_training_lengths_are_cut_in_smoke_mode(nb_path):
+    """Smoke mode (GENBOOK_SMOKE=1) keeps rt.pick's sizes and cuts training loops, so a chapter must not forget which
+    is which: a training length (a name or keyword with "steps", "epochs" or "iters" in it; a sampler's
+    SAMPLE_STEPS is a size) is never rt.pick (it is rt.steps), and a loop written in the chapter over a length (a
+    name bound to rt.steps, an upper-case ..._STEPS, a "steps" key) runs through rt.loop, never range(...) or
+    progress(range(...)), which smoke mode cannot cut."""
+    import ast
+
+    def is_rt(call, name):
+        f = call.func
+        return isinstance(f, ast.Attribute) and f.attr == name and isinstance(f.value, ast.Name) and f.value.id == "rt"
+
+    trees = list(_code_trees(nb_path))
+    lengths = {  # names bound to rt.steps anywhere in the chapter
+        n.id
+        for _, tree in trees
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign) and any(isinstance(v, ast.Call) and is_rt(v, "steps") for v in ast.walk(node.value))
+        for t in node.targets
+        for n in ast.walk(t)
+        if isinstance(n, ast.Name)
+    }
+    wrong = []
+    for i, tree in trees:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.keyword) and isinstance(node.value, ast.Call) and is_rt(node.value, "pick"):
+                if node.arg and LENGTH.search(node.arg):
+                    wrong.append((i, f"{node.arg}=rt.pick(...)"))
+            if isinstance(node, ast.Assign):
+                names = [n.id for t in node.targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+                values = node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]
+                for name, value in zip(names, values if len(values) == len(names) else [node.value] * len(names)):
+                    if isinstance(value, ast.Call) and is_rt(value, "pick") and LENGTH.search(name):
+                        wrong.append((i, f"{name} = rt.pick(...)"))
+            if isinstance(node, ast.For) and isinstance(node.iter, ast.Call):
+                inner = node.iter.args[0] if getattr(node.iter.func, "id", "") == "progress" and node.iter.args else node.iter
+                if isinstance(inner, ast.Call) and getattr(inner.func, "id", "") == "range":
+                    names = [n.id for n in ast.walk(inner) if isinstance(n, ast.Name)]
+                    keys = [n.value for n in ast.walk(inner) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+                    upper = [w for w in names if w.isupper() and LENGTH.search(w)]
+                    if set(names) & lengths or upper or any(LENGTH.search(k) for k in keys):
+                        wrong.append((i, f"for ... in {ast.unparse(node.iter)}"))
+    assert not wrong, f"training lengths smoke mode cannot cut (use rt.steps and rt.loop): {wrong}"

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from genbook import autoregressive as ar
-from genbook import data, flows, gan, metrics, recipes, vae
+from genbook import data, flows, gan, metrics, recipes, runtime, vae
 from genbook import diffusion as dif
 from genbook import flow_matching as fm
 from genbook.flows.cnf import ode_log_prob
@@ -121,7 +121,11 @@ def budget(seconds: float) -> dict[str, int]:
     trains exactly the same models and only the seconds in the table change."""
     if seconds <= 0:
         raise ValueError(f"seconds must be positive, got {seconds}")
-    return {f: max(1, round(rate * seconds)) for f, rate in REFERENCE_STEPS_PER_SECOND.items()}
+    steps = {f: max(1, round(rate * seconds)) for f, rate in REFERENCE_STEPS_PER_SECOND.items()}
+    planned = getattr(seconds, "planned", None)  # smoke mode (runtime.Length): keep the planned steps for the projection
+    if planned is not None:
+        steps = {f: runtime.Length(n, max(1, round(REFERENCE_STEPS_PER_SECOND[f] * planned))) for f, n in steps.items()}
+    return steps
 
 
 def _fitted(h) -> dict[str, float]:

@@ -24,6 +24,7 @@ from torch import nn
 
 from genbook.nets import MLP, DCGANDiscriminator, DCGANGenerator
 from genbook.nets import MinibatchStd as MinibatchStd  # re-exported: chapter 3 introduces it beside the losses
+from genbook.runtime import training_loop
 
 # ----------------------------------------------------------------------------- losses (survey eq. 32-36, Box 3)
 
@@ -285,12 +286,16 @@ def train_gan(
     generator.train()
     discriminator.train()
     step = 0
+    run = training_loop(steps, "GAN")  # smoke mode (GENBOOK_SMOKE=1) cuts it to a few steps and measures one
+    steps = run.steps
     while (steps is None or step < steps) and (seconds is None or time.perf_counter() - start < seconds):
+        run.begin(step)
         step += 1
         for _ in range(n_critic):
             ld, real, y = game.discriminator_step(next(batches))
         lg, squares = game.generator_step(len(real), y)
         log.add(ld, lg, squares)
+        run.end(step - 1)
         if game.device.type != "cuda" or step % 25 == 0:
             log.read()
     log.read()

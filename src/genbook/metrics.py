@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genbook import data
+from genbook import data, runtime
 
 # ----------------------------------------------------------------------------- likelihoods
 
@@ -450,7 +450,8 @@ class Score:
         )
 
 
-SCORE_N = 300  # every FD, precision and recall in the book is computed on this many samples (FD's bias depends on n)
+SCORE_N = runtime.SMOKE_SAMPLES if runtime.smoke_mode() else 300  # every FD, precision and recall in the book is computed on
+# this many samples (FD's bias depends on n); smoke mode (GENBOOK_SMOKE=1) caps it as it caps every sample count
 _YARDSTICK: dict[tuple, tuple] = {}
 
 

@@ -12,6 +12,22 @@ Environment variables (see the book's "How to run" page):
 | ``GENBOOK_DEVICE``  | ``auto``, ``cpu``, ``cuda``, ``mps`` | ``auto`` |
 | ``GENBOOK_SEED``    | an integer                    | the seed passed to ``setup`` |
 | ``GENBOOK_THREADS`` | an integer                    | torch's default |
+| ``GENBOOK_SMOKE``   | ``1`` (``count``: also count all work) | off |
+
+Sizes, lengths and sample counts are told apart, so that **smoke mode** (``GENBOOK_SMOKE=1``) can run the ``full``
+profile's exact code paths and sizes on a CPU in a minute or so, as a test of the GPU path:
+
+- ``rt.pick(fast=..., full=...)`` is a size (a width, ``T``, an image or data set size, a batch size): smoke mode
+  keeps the ``full`` value;
+- ``rt.steps(fast=..., full=...)`` is a training length: in smoke mode at most :data:`SMOKE_STEPS`, remembering the
+  planned one (:class:`Length`); every training loop (``train.fit``, ``gan.train_gan``, the other trainers of the
+  package, and ``rt.loop`` for a loop written in a chapter) also cuts whatever it is given, and counts one step's
+  work (:mod:`genbook.work`);
+- ``rt.samples(fast=..., full=...)`` is a number of samples to draw or score: smoke mode caps it at
+  :data:`SMOKE_SAMPLES`.
+
+In smoke mode a chapter's checks are reported, never enforced (they cannot hold after three steps); an exception, a
+shape error or a device mismatch still fails the run.
 """
 
 from __future__ import annotations
@@ -21,13 +37,16 @@ import platform
 import random
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 PROFILES = ("fast", "full", "auto")
+SMOKE_STEPS = 3  # training steps per loop in smoke mode
+SMOKE_SAMPLES = 60  # samples per ``rt.samples`` count in smoke mode (a multiple of 10: one per digit class)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 T = TypeVar("T")
@@ -37,8 +56,58 @@ class ConfigError(ValueError):
     """A setting (profile, device, dataset name...) that is not one of the valid choices."""
 
 
+class Length(int):
+    """A training length in smoke mode: the steps that run (the int itself, at most :data:`SMOKE_STEPS`) and the
+    steps the ``full`` profile plans (``.planned``), which the cost projection multiplies by. Sums, differences,
+    products and floor divisions with ints keep both, so ``STEPS // 2`` is half of each."""
+
+    planned: int
+
+    def __new__(cls, value: int, planned: int):
+        obj = super().__new__(cls, value)
+        obj.planned = int(planned)
+        return obj
+
+    def __repr__(self) -> str:
+        return f"Length({int(self)}, planned={self.planned})"
+
+    def _both(self, other, op, swap=False):
+        if not isinstance(other, int) or isinstance(other, bool):
+            return op(int(self), other) if not swap else op(other, int(self))
+        a, b = (other, int(self)) if swap else (int(self), int(other))
+        pa, pb = (getattr(other, "planned", other), self.planned) if swap else (self.planned, getattr(other, "planned", other))
+        return Length(max(op(a, b), 0), max(op(pa, pb), 0))
+
+    def __add__(self, other):
+        return self._both(other, int.__add__)
+
+    def __radd__(self, other):
+        return self._both(other, int.__add__, swap=True)
+
+    def __sub__(self, other):
+        return self._both(other, int.__sub__)
+
+    def __rsub__(self, other):
+        return self._both(other, int.__sub__, swap=True)
+
+    def __mul__(self, other):
+        return self._both(other, int.__mul__)
+
+    def __rmul__(self, other):
+        return self._both(other, int.__mul__, swap=True)
+
+    def __floordiv__(self, other):
+        return self._both(other, int.__floordiv__)
+
+
+def smoke_mode() -> bool:
+    """True under ``GENBOOK_SMOKE=1``: the ``full`` profile's sizes with every training loop cut to a few steps."""
+    return os.environ.get("GENBOOK_SMOKE", "") not in ("", "0")
+
+
 def resolve_profile(name: str | None = None) -> str:
-    """Return ``fast`` or ``full`` from ``name`` or ``GENBOOK_PROFILE`` (``auto`` picks by CUDA)."""
+    """Return ``fast`` or ``full`` from ``name`` or ``GENBOOK_PROFILE`` (``auto`` picks by CUDA; smoke mode is
+    ``full``)."""
     raw = name if name is not None else os.environ.get("GENBOOK_PROFILE", "auto")
     value = raw.strip().lower()
     if value not in PROFILES:
@@ -46,6 +115,13 @@ def resolve_profile(name: str | None = None) -> str:
             f"unknown profile {raw!r}; valid profiles are {', '.join(PROFILES)} "
             "(set GENBOOK_PROFILE to one of them, or leave it unset for 'auto')"
         )
+    if smoke_mode():
+        if value == "fast":
+            raise ConfigError(
+                "GENBOOK_SMOKE=1 runs the full profile's sizes with short loops; it cannot run the fast profile. "
+                "Unset GENBOOK_PROFILE (or set it to full), or unset GENBOOK_SMOKE."
+            )
+        return "full"
     if value == "auto":
         return "full" if torch.cuda.is_available() else "fast"
     return value
@@ -163,14 +239,60 @@ class Runtime:
     started: float = field(default_factory=time.perf_counter)
     checks: list[tuple[str, bool, str]] = field(default_factory=list)
     findings: list[tuple[str, str]] = field(default_factory=list)
+    smoke: bool = False
+    ledger: Any = None  # genbook.work.Ledger in smoke mode: what the run counted
 
     @property
     def fast(self) -> bool:
         return self.profile == "fast"
 
     def pick(self, *, fast: T, full: T) -> T:
-        """The value for the active profile: ``rt.pick(fast=300, full=5000)``."""
+        """A size for the active profile: ``rt.pick(fast=32, full=64)``. Smoke mode keeps it; a training length is
+        ``rt.steps`` and a sample count ``rt.samples``."""
         return fast if self.profile == "fast" else full
+
+    def steps(self, *, fast: T, full: T) -> T:
+        """A training length for the active profile (an int, or a dict of them): ``rt.steps(fast=600, full=8000)``.
+
+        In smoke mode it is a :class:`Length` of at most :data:`SMOKE_STEPS` that remembers the planned ``full``
+        length: the chapter's own logic (an evaluation at the last step, two halves) sees the short run, and the
+        training loops record the planned length, which ``tools/bench.py --smoke`` projects the full run's cost
+        from. Every training loop of the package, and :meth:`loop`, also cuts a plain int it is given."""
+        value = self.pick(fast=fast, full=full)
+        if not self.smoke:
+            return value
+        if isinstance(value, dict):
+            return {k: Length(min(v, SMOKE_STEPS), v) for k, v in value.items()}  # type: ignore[return-value]
+        return Length(min(value, SMOKE_STEPS), value)  # type: ignore[arg-type, return-value]
+
+    def samples(self, *, fast: T, full: T) -> T:
+        """A number of samples to draw or score (an int, or a dict of them): ``rt.samples(fast=300, full=5000)``;
+        at most :data:`SMOKE_SAMPLES` in smoke mode."""
+        value = self.pick(fast=fast, full=full)
+        if not self.smoke:
+            return value
+        if isinstance(value, dict):
+            return {k: self._cap_samples(v) for k, v in value.items()}  # type: ignore[return-value]
+        return self._cap_samples(value)  # type: ignore[arg-type, return-value]
+
+    def _cap_samples(self, n: int) -> int:
+        ran = min(int(n), SMOKE_SAMPLES)
+        if self.ledger is not None:
+            self.ledger.samples.append((int(n), ran))
+        return ran
+
+    def loop(self, steps: int, desc: str | None = None, start: int = 0) -> Iterator[int]:
+        """The steps of a training loop written in a chapter: ``for step in rt.loop(STEPS, desc="gated PixelCNN")``
+        yields ``start, start + 1, ...`` for ``steps`` steps with a progress bar (when ``desc`` is given); in smoke
+        mode at most :data:`SMOKE_STEPS` of them, one of which is measured."""
+        from genbook.notebook import progress
+
+        run = training_loop(steps, desc or "loop")
+        indices = range(start, start + run.steps)
+        for i, step in enumerate(progress(indices, desc=desc, leave=False) if desc else indices):
+            run.begin(i)
+            yield step
+            run.end(i)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -181,6 +303,39 @@ class Runtime:
 
 
 _CURRENT: Runtime | None = None
+
+
+@dataclass
+class TrainingLoop:
+    """What a training loop runs: ``steps`` (cut to :data:`SMOKE_STEPS` in smoke mode; None for a loop that runs
+    until its seconds are up, which smoke mode also cuts), and ``begin(i)`` / ``end(i)`` around step ``i``, which in
+    smoke mode measure one step's work for the cost projection."""
+
+    steps: int | None
+    meter: Any = None  # genbook.work.LoopMeter
+
+    def begin(self, i: int) -> None:
+        if self.meter is not None:
+            self.meter.begin(i)
+
+    def end(self, i: int) -> None:
+        if self.meter is not None:
+            self.meter.end(i)
+
+
+def training_loop(steps: int | None, desc: str = "train") -> TrainingLoop:
+    """Every training loop asks this how many steps to run: ``steps`` itself, or in smoke mode at most
+    :data:`SMOKE_STEPS`, recorded (with one measured step) in the run's ledger."""
+    if not smoke_mode():
+        return TrainingLoop(steps)
+    ran = SMOKE_STEPS if steps is None else min(int(steps), SMOKE_STEPS)
+    rt = current()
+    if rt is None or rt.ledger is None:
+        return TrainingLoop(ran)
+    from genbook.work import LoopMeter
+
+    planned = None if steps is None else getattr(steps, "planned", int(steps))
+    return TrainingLoop(ran, LoopMeter(rt.ledger, desc, planned, ran))
 
 
 def current() -> Runtime | None:
@@ -206,11 +361,20 @@ def setup(seed: int = 0, profile: str | None = None, device: str | None = None, 
     prof = resolve_profile(profile)
     dev = resolve_device(device)
     seed_everything(seed)
-    rt = Runtime(profile=prof, device=dev, seed=seed, amp_dtype=amp_dtype(dev))
+    rt = Runtime(profile=prof, device=dev, seed=seed, amp_dtype=amp_dtype(dev), smoke=smoke_mode())
+    if _CURRENT is not None and _CURRENT.ledger is not None and _CURRENT.ledger.count_all:
+        _CURRENT.ledger.counter.__exit__(None, None, None)  # a second setup in one process starts a new count
+    if rt.smoke:
+        from genbook.work import Ledger
+
+        rt.ledger = Ledger(count_all=os.environ.get("GENBOOK_SMOKE", "").strip().lower() == "count")
+        if rt.ledger.count_all:
+            rt.ledger.counter.__enter__()  # counts everything torch runs from here on (genbook.work)
     _CURRENT = rt
     if not quiet:
         amp = str(rt.amp_dtype).replace("torch.", "") if rt.amp_dtype else "off"
         vers = ", ".join(f"{k} {v}" for k, v in versions().items())
-        print(f"genbook: profile={prof}  device={device_name(dev)}  seed={seed}  amp={amp}")
+        smoke = f"  SMOKE MODE (full sizes, training loops cut to {SMOKE_STEPS} steps, samples to {SMOKE_SAMPLES})" if rt.smoke else ""
+        print(f"genbook: profile={prof}  device={device_name(dev)}  seed={seed}  amp={amp}{smoke}")
         print(f"         {vers}", file=sys.stdout)
     return rt

@@ -24,6 +24,7 @@ from torch import nn
 
 from genbook.notebook import progress as _progress
 from genbook.runtime import amp_dtype as _amp_dtype
+from genbook.runtime import training_loop
 
 
 class EMA:
@@ -47,8 +48,8 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         d = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
         self.updates += 1
-        for p_ema, p in zip(self.model.parameters(), model.parameters()):
-            p_ema.lerp_(p.detach(), 1.0 - d)  # d * ema + (1 - d) * p
+        # d * ema + (1 - d) * p, all parameters at once (one kernel per op on a GPU; the same numbers as one by one)
+        torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()], 1.0 - d)
         for b_ema, b in zip(self.model.buffers(), model.buffers()):
             b_ema.copy_(b)
 
@@ -159,7 +160,9 @@ def _update(
         loss.backward()
     skip = False
     if clip is not None or skip_grad_norm is not None:
-        norm = nn.utils.clip_grad_norm_(model.parameters(), clip if clip is not None else float("inf"))
+        params = list(model.parameters())
+        foreach = params[0].device.type in ("cpu", "cuda")  # one kernel per op on a GPU; the same numbers as one by one
+        norm = nn.utils.clip_grad_norm_(params, clip if clip is not None else float("inf"), foreach=foreach)
         skip = skip_grad_norm is not None and not norm <= skip_grad_norm  # a NaN norm is skipped too
         logs = {**logs, "grad_norm": norm.detach()}
     if skip:
@@ -231,6 +234,8 @@ def fit(
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     opt = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
     hist = history or History()
+    run = training_loop(steps, desc)  # smoke mode (GENBOOK_SMOKE=1) cuts it to a few steps and measures one
+    steps = run.steps
     bar = _progress(total=steps, desc=desc, disable=not progress, leave=False)
     losses = _LossLog(hist, bar, every=25 if device.type == "cuda" else 1)
     early = _BestWeights(eval_fn, hist) if eval_fn is not None else None
@@ -239,6 +244,7 @@ def fit(
     step = 0
     while (steps is None or step < steps) and (seconds is None or time.perf_counter() - start < seconds):
         # one step: the loss on the next batch, then the update
+        run.begin(step)
         batch = next(batches)
         if channels_last:
             batch = _channels_last(batch)
@@ -250,6 +256,7 @@ def fit(
             raise FloatingPointError(f"loss became {loss.item()} at step {hist.steps + step}; lower lr or enable clip")
         logs = _update(model, opt, loss, logs, scaler, clip, skip_grad_norm, ema, hist)
         losses.add(loss, logs)
+        run.end(step)
         step += 1
         # bookkeeping: losses into the history, the progress bar, early stopping's evaluation
         if step % losses.every == 0 or step == steps:

@@ -21,6 +21,7 @@ from torch import nn
 
 from genbook.gan import GANHistory, d_loss, g_loss_nonsaturating
 from genbook.nets import DCGANDiscriminator, DCGANGenerator
+from genbook.runtime import training_loop
 
 
 @dataclass
@@ -181,7 +182,9 @@ def train_video_gan(
             out.append(d_image(frames(video)).squeeze(-1))
         return out
 
-    for _ in range(steps):
+    run = training_loop(steps, "video GAN")  # smoke mode (GENBOOK_SMOKE=1) cuts it to a few steps and measures one
+    for i in range(run.steps):
+        run.begin(i)
         real = next(batches)
         fake, extra = draw(len(real))  # one generator pass serves both updates
         ld = sum(d_loss(r, f) for r, f in zip(logits(real), logits(fake.detach())))
@@ -194,6 +197,7 @@ def train_video_gan(
         opt_g.step()
         hist.d_loss.append(ld.item())
         hist.g_loss.append(lg.item())
+        run.end(i)
     hist.seconds = time.perf_counter() - start
     return hist
 

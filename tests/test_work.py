@@ -1,0 +1,150 @@
+"""Smoke mode (full sizes, short loops) and the work counter behind the GPU cost projection (issue 26)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from genbook import data, runtime, work
+from genbook.notebook import check
+from genbook.train import fit
+
+
+def test_the_projection_of_a_matmul_loop_is_the_formula():
+    """A known workload: 10 matmuls of (64 x 128) @ (128 x 32) and one .item(). Counted FLOPs and launches are the
+    arithmetic's, and the projection is max(compute, launches)."""
+    a, b = torch.randn(64, 128), torch.randn(128, 32)
+    with work.Counter() as c:
+        with c.step() as s:
+            for _ in range(10):
+                y = a @ b
+            y.sum().item()
+    flops = 10 * 2 * 64 * 128 * 32
+    assert s.work.flops == flops
+    assert s.work.launches == 11  # ten matmuls and the sum; .item() is a sync, not a launch
+    assert s.work.syncs == 1
+    for gpu in work.GPUS.values():
+        compute = flops / (work.assumption("efficiency") * gpu.half_tflops * 1e12)
+        launch = 11 * work.assumption("latency_s") + work.assumption("sync_latency_s")
+        assert work.project(s.work, gpu) == pytest.approx(max(compute, launch))
+    big = work.Work(flops=1e15, launches=1)  # compute-bound: the T4 takes longer than the H200 by their peaks' ratio
+    assert work.project(big, "T4") / work.project(big, "H200") == pytest.approx(989 / 65)
+
+
+def test_views_are_not_launches_and_an_optimizer_counts_as_multi_tensor_kernels():
+    x = torch.randn(8, 8)
+    with work.Counter() as c:
+        before = c.total()
+        x.view(64)[::2].unsqueeze(0).t()  # views only: no kernel runs
+        assert (c.total() - before).launches == 0
+        params = [nn.Parameter(torch.randn(3)) for _ in range(5)]
+        opt = torch.optim.Adam(params)
+        for p in params:
+            p.grad = torch.ones(3)
+        before = c.total()
+        opt.step()
+        per_tensor = (c.total() - before).launches
+    with work.Counter() as c1:
+        one = [nn.Parameter(torch.randn(3))]
+        one[0].grad = torch.ones(3)
+        opt1 = torch.optim.Adam(one)
+        before = c1.total()
+        opt1.step()
+        single = (c1.total() - before).launches
+    assert per_tensor == pytest.approx(single)  # five parameters cost what one does: one kernel per operation
+    assert (c.total() - before).syncs == 0  # Adam's step counts live on the CPU on a GPU too
+
+
+def test_a_step_records_parameters_and_saved_activations():
+    lin = nn.Linear(100, 50)
+    x = torch.randn(32, 100)
+    with work.Counter() as c, c.step() as s:
+        torch.relu(lin(x)).sum().backward()
+    assert s.param_bytes == (100 * 50 + 50) * 4
+    assert s.saved_bytes >= 32 * 100 * 4  # the input saved for the weight's gradient, at least
+    assert s.memory_bytes() == 4 * s.param_bytes + s.saved_bytes
+
+
+def test_smoke_mode_caps_lengths_and_keeps_sizes(monkeypatch):
+    """A chapter-sized fixture: the full profile's width, a full-length fit and a chapter loop; 3 steps each run,
+    the planned lengths and one measured step each are in the ledger."""
+    monkeypatch.setenv("GENBOOK_SMOKE", "1")
+    monkeypatch.setenv("GENBOOK_STRICT", "1")
+    rt = runtime.setup(quiet=True)
+    assert (rt.profile, rt.smoke) == ("full", True)
+    width = rt.pick(fast=8, full=64)
+    steps = rt.steps(fast=100, full=8000)
+    assert (width, steps, steps.planned) == (64, runtime.SMOKE_STEPS, 8000)  # the full size; a short run of a long plan
+    half, rest = steps // 2, steps - steps // 2  # arithmetic keeps both: the halves of a run and of its plan
+    assert (half, half.planned, rest, rest.planned) == (1, 4000, 2, 4000)
+    assert rt.steps(fast={8: 10}, full={8: 600, 32: 2})[32] == 2 and rt.steps(fast=1, full=2).planned == 2
+    assert rt.samples(fast=300, full=5000) == runtime.SMOKE_SAMPLES
+    assert rt.samples(fast={"a": 10, "b": 5000}, full={"a": 10, "b": 5000}) == {"a": 10, "b": runtime.SMOKE_SAMPLES}
+    net = nn.Sequential(nn.Linear(16, width), nn.ReLU(), nn.Linear(width, 16))
+    x = torch.randn(256, 16)
+    hist = fit(net, lambda m, b: (m(b) - b).pow(2).mean(), data.Batches(x, batch_size=32, seed=0), steps=steps, progress=False)
+    assert hist.steps == runtime.SMOKE_STEPS
+    ran = list(rt.loop(500, desc=None, start=1))  # a plain int is cut too
+    assert ran == [1, 2, 3]
+    loops = rt.ledger.as_dict()["loops"]
+    assert [(r["desc"], r["planned"], r["ran"]) for r in loops] == [("train", 8000, 3), ("loop", 500, 3)]
+    one = loops[0]
+    assert one["flops"] == 3 * 2 * 32 * (16 * width + width * 16) - 2 * 32 * 16 * width  # fwd + bwd, no grad for the input
+    assert one["param_bytes"] == sum(p.numel() for p in net.parameters()) * 4
+    check("a claim that cannot hold after three steps", False, 0.0, "> 1")  # reported, not raised, even if strict
+    assert rt.checks[-1][1] is False
+    t4 = work.project_chapter(rt.ledger.as_dict(), "T4")
+    assert t4["training seconds"] == pytest.approx(8000 * work.project(work.Work(one["flops"], one["launches"], one["syncs"]), "T4"))
+
+
+def test_smoke_mode_refuses_the_fast_profile(monkeypatch):
+    monkeypatch.setenv("GENBOOK_SMOKE", "1")
+    monkeypatch.setenv("GENBOOK_PROFILE", "fast")
+    with pytest.raises(runtime.ConfigError, match="full profile"):
+        runtime.setup(quiet=True)
+
+
+def test_outside_smoke_mode_nothing_is_cut_or_counted():
+    rt = runtime.setup(quiet=True, profile="full")
+    assert rt.ledger is None and rt.samples(fast=1, full=5000) == 5000
+    assert list(rt.loop(5)) == [0, 1, 2, 3, 4]
+    assert runtime.training_loop(7).steps == 7 and runtime.training_loop(None).steps is None
+
+
+def test_flops_match_flop_counter_mode():
+    """The counter uses FlopCounterMode's formulas: on a conv net's forward and backward the two counts agree."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 8 * 8, 10))
+    x = torch.randn(4, 3, 8, 8)
+    with FlopCounterMode(display=False) as ref:
+        net(x).sum().backward()
+    with work.Counter() as c:
+        net(x).sum().backward()
+    assert c.total().flops == ref.get_total_flops() > 0
+
+
+def test_counting_survives_autograd_grad_on_a_leaf():
+    """R1 and gradient penalties differentiate with respect to the input, a leaf: counting must not break them."""
+    x = torch.randn(8, 2, requires_grad=True)
+    lin = nn.Linear(2, 1)
+    with work.Counter() as c:
+        (g,) = torch.autograd.grad(lin(x).sum(), x, create_graph=True)
+        g.pow(2).sum().backward()
+    assert c.total().flops > 0 and lin.weight.grad is not None
+
+
+def test_count_mode_counts_the_rest_of_the_chapter(monkeypatch):
+    """GENBOOK_SMOKE=count also counts what runs outside the training loops (sampling, evaluation), which the
+    projection scales by the sample counts' ratio; GENBOOK_SMOKE=1 counts one step per loop only."""
+    monkeypatch.setenv("GENBOOK_SMOKE", "count")
+    rt = runtime.setup(quiet=True)
+    a, b = torch.randn(60, 128), torch.randn(128, 128)
+    n = rt.samples(fast=300, full=600)  # ten times what smoke mode runs
+    (a[:n] @ b).sum().item()
+    ledger = rt.ledger.as_dict()
+    assert ledger["total"]["flops"] == 2 * 60 * 128 * 128 and ledger["samples"] == [(600, 60)]
+    t4 = work.project_chapter(ledger, "T4")
+    assert t4["sample ratio"] == 10
+    assert t4["other seconds"] == pytest.approx(work.project(work.Work(10 * 2 * 60 * 128 * 128, 4, 1), "T4"))  # randn x 2, mm, sum
