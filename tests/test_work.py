@@ -140,11 +140,11 @@ def test_count_mode_counts_the_rest_of_the_chapter(monkeypatch):
     projection scales by the sample counts' ratio; GENBOOK_SMOKE=1 counts one step per loop only."""
     monkeypatch.setenv("GENBOOK_SMOKE", "count")
     rt = runtime.setup(quiet=True)
-    a, b = torch.randn(60, 128), torch.randn(128, 128)
-    n = rt.samples(fast=300, full=600)  # ten times what smoke mode runs
+    a, b = torch.randn(100, 128), torch.randn(128, 128)
+    n = rt.samples(fast=30, full=10 * runtime.SMOKE_SAMPLES)  # ten times what smoke mode runs
     (a[:n] @ b).sum().item()
     ledger = rt.ledger.as_dict()
-    assert ledger["total"]["flops"] == 2 * 60 * 128 * 128 and ledger["samples"] == [(600, 60)]
+    assert ledger["total"]["flops"] == 2 * n * 128 * 128 and ledger["samples"] == [(10 * n, n)]
     t4 = work.project_chapter(ledger, "T4")
     assert t4["sample ratio"] == 10
-    assert t4["other seconds"] == pytest.approx(work.project(work.Work(10 * 2 * 60 * 128 * 128, 4, 1), "T4"))  # randn x 2, mm, sum
+    assert t4["other seconds"] == pytest.approx(work.project(work.Work(10 * 2 * n * 128 * 128, 4, 1), "T4"))  # randn x 2, mm, sum

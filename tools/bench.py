@@ -102,7 +102,9 @@ def smoke_row(row: dict, max_seconds: float) -> dict:
     out = {k: row[k] for k in ("chapter", "wall_seconds", "checks_total", "error")} | {"ok": ok, "why": why}
     if "work" in row:
         out["loops"] = [{k: r[k] for k in ("desc", "planned", "ran")} for r in row["work"]["loops"]]
-        out["projection"] = {gpu: {k: round(v, 3) for k, v in work.project_chapter(row["work"], gpu).items()} for gpu in work.GPUS}
+        out["projection"] = {
+            gpu: {k: v if v is None else round(v, 3) for k, v in work.project_chapter(row["work"], gpu).items()} for gpu in work.GPUS
+        }
         out["work"] = row["work"]
     return out
 

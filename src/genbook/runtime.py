@@ -46,7 +46,8 @@ import torch
 
 PROFILES = ("fast", "full", "auto")
 SMOKE_STEPS = 3  # training steps per loop in smoke mode
-SMOKE_SAMPLES = 60  # samples per ``rt.samples`` count in smoke mode (a multiple of 10: one per digit class)
+SMOKE_SAMPLES = 20  # samples per ``rt.samples`` count in smoke mode (a multiple of 10, for digits of every class; the
+# fewest that metrics.score_digits takes)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 T = TypeVar("T")
