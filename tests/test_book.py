@@ -190,3 +190,17 @@ def test_training_lengths_are_cut_in_smoke_mode(nb_path):
                     if set(names) & lengths or upper or any(LENGTH.search(k) for k in keys):
                         wrong.append((i, f"for ... in {ast.unparse(node.iter)}"))
     assert not wrong, f"training lengths smoke mode cannot cut (use rt.steps and rt.loop): {wrong}"
+
+
+def test_readme_full_column_is_the_committed_projection():
+    """The README's `full` column shows bench/projection.json (make projection), chapter by chapter, so the two cannot
+    drift apart; and every chapter's smoke run in it succeeded."""
+    projection = json.loads((ROOT / "bench" / "projection.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    assert len(projection["chapters"]) == len(NOTEBOOKS)
+    for row in projection["chapters"]:
+        assert row["ok"], f"{row['chapter']}'s smoke run failed: {row['why']}"
+        t4 = row["projection"]["T4"]
+        shown = f"`chapters/{row['chapter']}.ipynb` | "
+        line = next(ln for ln in readme.splitlines() if shown in ln)
+        assert line.endswith(f"| projected: T4 {t4['seconds'] / 60:.1f} min, {1000 * t4['peak memory GB']:.0f} MB |"), line

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from genbook import data, runtime, work
+from genbook import data, metrics, runtime, work
 from genbook.notebook import check
 from genbook.train import fit
 
@@ -141,10 +141,11 @@ def test_count_mode_counts_the_rest_of_the_chapter(monkeypatch):
     monkeypatch.setenv("GENBOOK_SMOKE", "count")
     rt = runtime.setup(quiet=True)
     a, b = torch.randn(100, 128), torch.randn(128, 128)
-    n = rt.samples(fast=30, full=10 * runtime.SMOKE_SAMPLES)  # ten times what smoke mode runs
+    n = rt.samples(fast=30, full=30 * runtime.SMOKE_SAMPLES)  # thirty times what smoke mode runs
     (a[:n] @ b).sum().item()
     ledger = rt.ledger.as_dict()
-    assert ledger["total"]["flops"] == 2 * n * 128 * 128 and ledger["samples"] == [(10 * n, n)]
+    assert ledger["total"]["flops"] == 2 * n * 128 * 128
+    assert ledger["samples"] == [(metrics.SCORE_N_FULL, n), (30 * n, n)]  # metrics.SCORE_N is capped too
     t4 = work.project_chapter(ledger, "T4")
-    assert t4["sample ratio"] == 10
-    assert t4["other seconds"] == pytest.approx(work.project(work.Work(10 * 2 * n * 128 * 128, 4, 1), "T4"))  # randn x 2, mm, sum
+    assert t4["sample ratio"] == 30  # the largest
+    assert t4["other seconds"] == pytest.approx(work.project(work.Work(30 * 2 * n * 128 * 128, 4, 1), "T4"))  # randn x 2, mm, sum

@@ -450,8 +450,8 @@ class Score:
         )
 
 
-SCORE_N = runtime.SMOKE_SAMPLES if runtime.smoke_mode() else 300  # every FD, precision and recall in the book is computed on
-# this many samples (FD's bias depends on n); smoke mode (GENBOOK_SMOKE=1) caps it as it caps every sample count
+SCORE_N_FULL = 300  # every FD, precision and recall in the book is computed on this many samples (FD's bias depends on n)
+SCORE_N = runtime.SMOKE_SAMPLES if runtime.smoke_mode() else SCORE_N_FULL  # smoke mode caps it like every sample count
 _YARDSTICK: dict[tuple, tuple] = {}
 
 

@@ -366,9 +366,11 @@ def setup(seed: int = 0, profile: str | None = None, device: str | None = None, 
     if _CURRENT is not None and _CURRENT.ledger is not None and _CURRENT.ledger.count_all:
         _CURRENT.ledger.counter.__exit__(None, None, None)  # a second setup in one process starts a new count
     if rt.smoke:
+        from genbook.metrics import SCORE_N_FULL
         from genbook.work import Ledger
 
         rt.ledger = Ledger(count_all=os.environ.get("GENBOOK_SMOKE", "").strip().lower() == "count")
+        rt.ledger.samples.append((SCORE_N_FULL, SMOKE_SAMPLES))  # metrics.SCORE_N, which every chapter scores at
         if rt.ledger.count_all:
             rt.ledger.counter.__enter__()  # counts everything torch runs from here on (genbook.work)
     _CURRENT = rt
