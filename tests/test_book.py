@@ -204,3 +204,10 @@ def test_readme_full_column_is_the_committed_projection():
         shown = f"`chapters/{row['chapter']}.ipynb` | "
         line = next(ln for ln in readme.splitlines() if shown in ln)
         assert line.endswith(f"| projected: T4 {t4['seconds'] / 60:.1f} min, {1000 * t4['peak memory GB']:.0f} MB |"), line
+
+
+def test_how_to_run_lists_the_projections_assumptions():
+    """book/how_to_run.md shows every constant of the GPU projection with its source, as genbook.work has them."""
+    from genbook import work
+
+    assert work.assumptions_table() in (ROOT / "book" / "how_to_run.md").read_text()

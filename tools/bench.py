@@ -126,17 +126,6 @@ def smoke_table(rows: list[dict]) -> str:
     return "\n".join([head, *body])
 
 
-def assumptions_table() -> str:
-    from genbook import work
-
-    rows = ["| assumption | value | source |", "|---|---|---|"]
-    for g in work.GPUS.values():
-        rows.append(f"| {g.name} peaks | {g.fp32_tflops} TFLOPS fp32, {g.half_tflops} TFLOPS fp16/bf16, {g.memory_gb:g} GB | {g.source} |")
-    for name, (value, why) in work.ASSUMPTIONS.items():
-        rows.append(f"| {name} | {value:g} | {why} |")
-    return "\n".join(rows)
-
-
 def table(rows: list[dict]) -> str:
     head = "| chapter | ok | wall s | chapter s | peak GPU MB (reserved) | fits T4 | checks |\n|---|---|---|---|---|---|---|"
     body = []
@@ -218,7 +207,7 @@ def smoke(args) -> int:
     print(f"\nsmoke mode: {result['total_seconds']:.0f} s in all; written to {out}\n")
     print(smoke_table(rows))
     print()
-    print(assumptions_table())
+    print(work.assumptions_table())
     return 0 if all(r["ok"] for r in rows) else 1
 
 

@@ -61,7 +61,7 @@ ASSUMPTIONS = {
     "latency_s": (
         10e-6,
         "seconds per operator launch in eager PyTorch on a GPU: the CPU-side dispatch (1.3 us for a tiny op, "
-        "measured on this CPU; Python and the module calls around it add more) plus CUDA's launch overhead "
+        "measured on a 2-core AMD EPYC host of CI's kind; Python and the module calls around it add more) plus CUDA's launch overhead "
         "(about 5 us); assumed the same on every GPU, since the host sets it",
     ),
     "sync_latency_s": (
@@ -74,6 +74,17 @@ ASSUMPTIONS = {
 
 def assumption(name: str) -> float:
     return ASSUMPTIONS[name][0]
+
+
+def assumptions_table() -> str:
+    """Every constant of the projection with its source, as a Markdown table (``book/how_to_run.md`` shows it)."""
+    rows = ["| assumption | value | source |", "|---|---|---|"]
+    for g in GPUS.values():
+        peaks = f"{g.fp32_tflops:g} TFLOPS fp32, {g.half_tflops:g} TFLOPS fp16/bf16, {g.memory_gb:g} GB"
+        rows.append(f"| {g.name} peaks | {peaks} | {g.source} |")
+    for name, (value, why) in ASSUMPTIONS.items():
+        rows.append(f"| `{name}` | {value:g} | {why} |")
+    return "\n".join(rows)
 
 
 @dataclass
