@@ -59,10 +59,10 @@ test-notebooks: $(STAMP) ## run every chapter with nbval in the fast profile (la
 	GENBOOK_PROFILE=fast GENBOOK_STATIC=1 GENBOOK_STRICT=1 $(PY) -m pytest --nbval-lax --nbval-cell-timeout=900 -p no:cacheprovider $(NOTEBOOKS) -q --durations=0
 
 test-smoke: $(STAMP) ## every chapter in smoke mode: the full profile's sizes on the CPU, training loops cut to 3 steps (an error fails; checks are reported, not enforced); projected GPU cost in _build/projection.json
-	GENBOOK_DEVICE=cpu $(PY) tools/bench.py --smoke --out _build/projection.json --max-seconds 120
+	GENBOOK_DEVICE=cpu $(PY) tools/bench.py --smoke --out _build/projection.json --max-seconds 120 --timeout 300
 
 projection: $(STAMP) ## as test-smoke, counting all work, into bench/projection.json: the full profile's projected time and memory on a T4, an A100 and an H200
-	GENBOOK_DEVICE=cpu $(PY) tools/bench.py --smoke --count --max-seconds 400
+	GENBOOK_DEVICE=cpu $(PY) tools/bench.py --smoke --count --max-seconds 400 --timeout 600
 
 test-book: $(STAMP) ## build the book from scratch with warnings as errors
 	rm -rf _build/html _build/.doctrees

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -44,7 +46,7 @@ def test_views_are_not_launches_and_an_optimizer_counts_as_multi_tensor_kernels(
             p.grad = torch.ones(3)
         before = c.total()
         opt.step()
-        per_tensor = (c.total() - before).launches
+        five = c.total() - before
     with work.Counter() as c1:
         one = [nn.Parameter(torch.randn(3))]
         one[0].grad = torch.ones(3)
@@ -52,8 +54,8 @@ def test_views_are_not_launches_and_an_optimizer_counts_as_multi_tensor_kernels(
         before = c1.total()
         opt1.step()
         single = (c1.total() - before).launches
-    assert per_tensor == pytest.approx(single)  # five parameters cost what one does: one kernel per operation
-    assert (c.total() - before).syncs == 0  # Adam's step counts live on the CPU on a GPU too
+    assert single > 0 and five.launches == pytest.approx(single)  # five parameters cost what one does: a kernel per op
+    assert five.syncs == 0  # Adam's step counts live on the CPU on a GPU too
 
 
 def test_a_step_records_parameters_and_saved_activations():
@@ -76,8 +78,8 @@ def test_smoke_mode_caps_lengths_and_keeps_sizes(monkeypatch):
     width = rt.pick(fast=8, full=64)
     steps = rt.steps(fast=100, full=8000)
     assert (width, steps, steps.planned) == (64, runtime.SMOKE_STEPS, 8000)  # the full size; a short run of a long plan
-    half, rest = steps // 2, steps - steps // 2  # arithmetic keeps both: the halves of a run and of its plan
-    assert (half, half.planned, rest, rest.planned) == (1, 4000, 2, 4000)
+    half, rest = steps // 2, steps - steps // 2  # arithmetic acts on the plan; what runs follows it
+    assert (half, half.planned, rest, rest.planned) == (3, 4000, 3, 4000)
     assert rt.steps(fast={8: 10}, full={8: 600, 32: 2})[32] == 2 and rt.steps(fast=1, full=2).planned == 2
     assert rt.samples(fast=300, full=5000) == runtime.SMOKE_SAMPLES
     assert rt.samples(fast={"a": 10, "b": 5000}, full={"a": 10, "b": 5000}) == {"a": 10, "b": runtime.SMOKE_SAMPLES}
@@ -149,3 +151,91 @@ def test_count_mode_counts_the_rest_of_the_chapter(monkeypatch):
     t4 = work.project_chapter(ledger, "T4")
     assert t4["sample ratio"] == 30  # the largest
     assert t4["other seconds"] == pytest.approx(work.project(work.Work(30 * 2 * n * 128 * 128, 4, 1), "T4"))  # randn x 2, mm, sum
+
+
+def test_score_n_is_capped_in_smoke_mode():
+    """metrics.SCORE_N, the size every chapter scores at, is a sample count too: 20 in smoke mode (read at import)."""
+    import subprocess
+    import sys
+
+    code = "from genbook import metrics, runtime; print(metrics.SCORE_N, runtime.SMOKE_SAMPLES)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "GENBOOK_SMOKE": "1"})
+    assert out.stdout.split() == [str(runtime.SMOKE_SAMPLES)] * 2, out.stderr
+    assert metrics.SCORE_N == metrics.SCORE_N_FULL == 300  # this process is not in smoke mode
+
+
+def test_length_arithmetic_runs_at_least_one_step_and_pickles():
+    import copy
+    import pickle
+
+    n = runtime.Length(3, 8000)
+    assert (n // 4, (n // 4).planned) == (3, 2000)  # a quarter of a long plan still runs SMOKE_STEPS
+    assert (n - 100, (n - 100).planned) == (3, 7900) and (n + 500, (n + 500).planned) == (3, 8500)
+    assert (runtime.Length(3, 5) // 2, (runtime.Length(3, 5) // 2).planned) == (2, 2)  # a short plan runs in full
+    assert (runtime.Length(1, 1) - 1).planned == 0 and runtime.Length(1, 1) - 1 == 0  # nothing planned, nothing run
+    assert n * 0.5 == 1.5 and not hasattr(n * 0.5, "planned")  # a float leaves the plan behind (documented)
+    for twin in (copy.deepcopy(n), pickle.loads(pickle.dumps(n))):
+        assert (twin, twin.planned) == (3, 8000)
+
+
+def test_a_loop_left_early_stops_measuring(monkeypatch):
+    """A break (or an exception) at the measured step closes the measurement: later work is not charged to the loop."""
+    monkeypatch.setenv("GENBOOK_SMOKE", "1")
+    rt = runtime.setup(quiet=True)
+    x = torch.randn(64, 64)
+    for step in rt.loop(rt.steps(fast=10, full=100)):
+        x @ x
+        if step == 1:  # the measured step
+            break
+    record = rt.ledger.loops[-1]
+    assert record.step.work.launches == 1
+    x @ x  # after the loop: counted by nobody
+    assert record.step.work.launches == 1 and rt.ledger.counter._depth == 0
+    with pytest.raises(ValueError):
+        for step in rt.loop(50):
+            if step == 1:
+                raise ValueError("a bug in the loop's body")
+    assert rt.ledger.counter._depth == 0 and runtime._SMOKE_STATE["inside"] == 0
+
+
+def test_loops_are_projected_at_their_own_precision(monkeypatch):
+    """fit trains under autocast on a GPU (the tensor-core peak); a loop written in a chapter does not (fp32)."""
+    monkeypatch.setenv("GENBOOK_SMOKE", "1")
+    rt = runtime.setup(quiet=True)
+    a = torch.randn(512, 512)
+    for _ in rt.loop(1000):
+        a @ a
+    net = nn.Linear(512, 512)
+    fit(net, lambda m, b: m(b).pow(2).mean(), data.Batches(a, batch_size=512, seed=0), steps=1000, progress=False)
+    chapter_loop, fitted = rt.ledger.as_dict()["loops"]
+    assert (chapter_loop["amp"], fitted["amp"]) == (False, True)
+    h200 = work.GPUS["H200"]
+    step = work.Work(chapter_loop["flops"], chapter_loop["launches"], chapter_loop["syncs"])
+    assert work.project(step, h200, amp=False) == pytest.approx(2 * 512**3 / (work.assumption("efficiency") * 67e12))
+
+
+def test_smoke_mode_stops_a_training_loop_it_cannot_cut(monkeypatch):
+    """The backstop: optimizer steps outside every loop smoke mode cuts raise after SMOKE_UNCUT_STEPS; inside
+    rt.loop, fit or runtime.uncut() (the rulers) they do not count."""
+    monkeypatch.setenv("GENBOOK_SMOKE", "1")
+    runtime.setup(quiet=True)
+    p = nn.Parameter(torch.zeros(3))
+    opt = torch.optim.SGD([p], lr=0.1)
+    p.grad = torch.ones(3)
+    with runtime.uncut():
+        for _ in range(runtime.SMOKE_UNCUT_STEPS + 5):
+            opt.step()
+    with pytest.raises(runtime.UncutTrainingLoop, match="rt.loop"):
+        for _ in range(runtime.SMOKE_UNCUT_STEPS + 1):
+            opt.step()
+
+
+def test_smoke_mode_never_touches_the_checkpoint_folder(monkeypatch, tmp_path):
+    from genbook.train import fit_or_load
+
+    monkeypatch.setenv("GENBOOK_SMOKE", "1")
+    monkeypatch.setenv("GENBOOK_CHECKPOINTS", str(tmp_path))
+    runtime.setup(quiet=True)
+    net = nn.Linear(2, 2)
+    fit_or_load("tiny", net, {"kind": "linear"}, lambda: None)
+    assert not any(tmp_path.iterdir())

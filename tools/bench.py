@@ -103,7 +103,8 @@ def smoke_row(row: dict, max_seconds: float) -> dict:
     if "work" in row:
         out["loops"] = [{k: r[k] for k in ("desc", "planned", "ran")} for r in row["work"]["loops"]]
         out["projection"] = {
-            gpu: {k: v if v is None else round(v, 3) for k, v in work.project_chapter(row["work"], gpu).items()} for gpu in work.GPUS
+            gpu: {k: round(v, 3) if isinstance(v, float) else v for k, v in work.project_chapter(row["work"], gpu).items()}
+            for gpu in work.GPUS
         }
         out["work"] = row["work"]
     return out

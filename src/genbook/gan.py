@@ -286,18 +286,21 @@ def train_gan(
     generator.train()
     discriminator.train()
     step = 0
-    run = training_loop(steps, "GAN")  # smoke mode (GENBOOK_SMOKE=1) cuts it to a few steps and measures one
+    run = training_loop(steps, "GAN")  # smoke mode (GENBOOK_SMOKE=1): a few steps, one measured (fp32: no autocast here)
     steps = run.steps
-    while (steps is None or step < steps) and (seconds is None or time.perf_counter() - start < seconds):
-        run.begin(step)
-        step += 1
-        for _ in range(n_critic):
-            ld, real, y = game.discriminator_step(next(batches))
-        lg, squares = game.generator_step(len(real), y)
-        log.add(ld, lg, squares)
-        run.end(step - 1)
-        if game.device.type != "cuda" or step % 25 == 0:
-            log.read()
+    try:
+        while (steps is None or step < steps) and (seconds is None or time.perf_counter() - start < seconds):
+            run.begin(step)
+            step += 1
+            for _ in range(n_critic):
+                ld, real, y = game.discriminator_step(next(batches))
+            lg, squares = game.generator_step(len(real), y)
+            log.add(ld, lg, squares)
+            run.end(step - 1)
+            if game.device.type != "cuda" or step % 25 == 0:
+                log.read()
+    finally:
+        run.close()
     log.read()
     generator.eval()
     discriminator.eval()

@@ -154,7 +154,7 @@ def train_digits_classifier(recipe: dict | None = None) -> DigitsClassifier:
     # The caller's random stream is left as it was, and gradients are on even inside a no_grad caller (the first FD
     # of a fresh machine trains this from inside ``features``): a chapter's numbers must not depend on whether the
     # classifier was cached.
-    with torch.random.fork_rng(devices=[]), torch.enable_grad():
+    with torch.random.fork_rng(devices=[]), torch.enable_grad(), runtime.uncut():  # the ruler: never cut by smoke mode
         torch.manual_seed(r["seed"])  # weight init
         model = DigitsClassifier(r["width"], r["feature_dim"])
         train = data.digits("train")

@@ -26,8 +26,8 @@ profile's exact code paths and sizes on a CPU in a minute or so, as a test of th
 - ``rt.samples(fast=..., full=...)`` is a number of samples to draw or score: smoke mode caps it at
   :data:`SMOKE_SAMPLES`.
 
-In smoke mode a chapter's checks are reported, never enforced (they cannot hold after three steps); an exception, a
-shape error or a device mismatch still fails the run.
+In smoke mode a chapter's checks are reported, never enforced (they cannot hold after three steps); an exception or a
+shape error still fails the run (on the CPU it cannot see a tensor on the wrong device, nor CUDA-only branches).
 """
 
 from __future__ import annotations
@@ -72,12 +72,16 @@ class Length(int):
     def __repr__(self) -> str:
         return f"Length({int(self)}, planned={self.planned})"
 
+    def __getnewargs__(self):  # pickle and copy.deepcopy rebuild it with both numbers
+        return int(self), self.planned
+
     def _both(self, other, op, swap=False):
         if not isinstance(other, int) or isinstance(other, bool):
             return op(int(self), other) if not swap else op(other, int(self))
         a, b = (other, int(self)) if swap else (int(self), int(other))
         pa, pb = (getattr(other, "planned", other), self.planned) if swap else (self.planned, getattr(other, "planned", other))
-        return Length(max(op(a, b), 0), max(op(pa, pb), 0))
+        planned = max(op(pa, pb), 0)
+        return Length(min(planned, SMOKE_STEPS), planned)  # what runs follows the plan, as in rt.steps
 
     def __add__(self, other):
         return self._both(other, int.__add__)
@@ -290,10 +294,13 @@ class Runtime:
 
         run = training_loop(steps, desc or "loop")
         indices = range(start, start + run.steps)
-        for i, step in enumerate(progress(indices, desc=desc, leave=False) if desc else indices):
-            run.begin(i)
-            yield step
-            run.end(i)
+        try:
+            for i, step in enumerate(progress(indices, desc=desc, leave=False) if desc else indices):
+                run.begin(i)
+                yield step
+                run.end(i)
+        finally:  # a break or an exception in the loop's body must not leave a step being measured
+            run.close()
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -314,29 +321,79 @@ class TrainingLoop:
 
     steps: int | None
     meter: Any = None  # genbook.work.LoopMeter
+    smoke: bool = False
+    _open: bool = False  # inside a step (smoke mode): its optimizer steps are the loop's own
 
     def begin(self, i: int) -> None:
+        if self.smoke and not self._open:
+            _SMOKE_STATE["inside"] += 1
+            self._open = True
         if self.meter is not None:
             self.meter.begin(i)
 
     def end(self, i: int) -> None:
         if self.meter is not None:
             self.meter.end(i)
+        self._leave()
+
+    def close(self) -> None:
+        """After the loop, also after a break or an exception: stop measuring a step left open."""
+        if self.meter is not None:
+            self.meter.close()
+        self._leave()
+
+    def _leave(self) -> None:
+        if self._open:
+            _SMOKE_STATE["inside"] -= 1
+            self._open = False
 
 
-def training_loop(steps: int | None, desc: str = "train") -> TrainingLoop:
+def training_loop(steps: int | None, desc: str = "train", amp: bool = False) -> TrainingLoop:
     """Every training loop asks this how many steps to run: ``steps`` itself, or in smoke mode at most
-    :data:`SMOKE_STEPS`, recorded (with one measured step) in the run's ledger."""
+    :data:`SMOKE_STEPS`, recorded (with one measured step, and whether the loop trains under mixed precision on a GPU,
+    ``amp``) in the run's ledger."""
     if not smoke_mode():
         return TrainingLoop(steps)
     ran = SMOKE_STEPS if steps is None else min(int(steps), SMOKE_STEPS)
     rt = current()
     if rt is None or rt.ledger is None:
-        return TrainingLoop(ran)
+        return TrainingLoop(ran, smoke=True)
     from genbook.work import LoopMeter
 
     planned = None if steps is None else getattr(steps, "planned", int(steps))
-    return TrainingLoop(ran, LoopMeter(rt.ledger, desc, planned, ran))
+    return TrainingLoop(ran, LoopMeter(rt.ledger, desc, planned, ran, amp), smoke=True)
+
+
+# Smoke mode's backstop for a training loop it does not cut: optimizer steps taken outside every training loop.
+SMOKE_UNCUT_STEPS = 200
+_SMOKE_STATE: dict[str, Any] = {"inside": 0, "uncut": 0, "allowed": 0, "hook": None}
+
+
+class UncutTrainingLoop(RuntimeError):
+    """Smoke mode met a training loop it cannot cut (not ``fit``, ``train_gan``, ``rt.loop``...)."""
+
+
+def _count_uncut_step(optimizer, args, kwargs) -> None:
+    if _SMOKE_STATE["inside"] or _SMOKE_STATE["allowed"]:
+        return
+    _SMOKE_STATE["uncut"] += 1
+    if _SMOKE_STATE["uncut"] > SMOKE_UNCUT_STEPS:
+        _SMOKE_STATE["uncut"] = 0
+        raise UncutTrainingLoop(
+            f"smoke mode: {SMOKE_UNCUT_STEPS} optimizer steps were taken outside any training loop it can cut; a loop "
+            "written in a chapter runs `for step in rt.loop(STEPS)` with STEPS = rt.steps(fast=..., full=...)"
+        )
+
+
+class uncut:  # noqa: N801 - used as a context manager, like torch.no_grad
+    """``with runtime.uncut():`` a training loop that smoke mode must run in full (the metrics' rulers, trained once
+    per machine when their shipped weights are missing): its steps do not count towards the backstop."""
+
+    def __enter__(self):
+        _SMOKE_STATE["allowed"] += 1
+
+    def __exit__(self, *exc):
+        _SMOKE_STATE["allowed"] -= 1
 
 
 def current() -> Runtime | None:
@@ -370,6 +427,11 @@ def setup(seed: int = 0, profile: str | None = None, device: str | None = None, 
         from genbook.work import Ledger
 
         rt.ledger = Ledger(count_all=os.environ.get("GENBOOK_SMOKE", "").strip().lower() == "count")
+        if _SMOKE_STATE["hook"] is None:  # once per process
+            from torch.optim.optimizer import register_optimizer_step_post_hook
+
+            _SMOKE_STATE["hook"] = register_optimizer_step_post_hook(_count_uncut_step)
+        _SMOKE_STATE.update(inside=0, uncut=0)
         rt.ledger.samples.append((SCORE_N_FULL, SMOKE_SAMPLES))  # metrics.SCORE_N, which every chapter scores at
         if rt.ledger.count_all:
             rt.ledger.counter.__enter__()  # counts everything torch runs from here on (genbook.work)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genbook import data, metrics
+from genbook import data, metrics, runtime
 from genbook.nets.dit import _modulate
 from genbook.nets.embeddings import SinusoidalEmbedding
 from genbook.nets.transformer import TransformerBlock, attend
@@ -367,7 +367,7 @@ def train_attribute_classifier(recipe: dict | None = None) -> AttributeClassifie
     shapes = data.captioned_shapes(r["images"], "all", seed=r["seed"])
     factors = _factors(shapes)
     g = torch.Generator().manual_seed(r["seed"])
-    with torch.random.fork_rng(devices=[]), torch.enable_grad():
+    with torch.random.fork_rng(devices=[]), torch.enable_grad(), runtime.uncut():  # the ruler: never cut by smoke mode
         torch.manual_seed(r["seed"])
         model = AttributeClassifier(width=r["width"])
         opt = torch.optim.Adam(model.parameters(), lr=r["lr"])

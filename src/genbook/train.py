@@ -24,7 +24,7 @@ from torch import nn
 
 from genbook.notebook import progress as _progress
 from genbook.runtime import amp_dtype as _amp_dtype
-from genbook.runtime import training_loop
+from genbook.runtime import smoke_mode, training_loop
 
 
 class EMA:
@@ -234,7 +234,7 @@ def fit(
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     opt = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
     hist = history or History()
-    run = training_loop(steps, desc)  # smoke mode (GENBOOK_SMOKE=1) cuts it to a few steps and measures one
+    run = training_loop(steps, desc, amp=dtype is not None or amp is not False)  # smoke mode: a few steps, one measured
     steps = run.steps
     bar = _progress(total=steps, desc=desc, disable=not progress, leave=False)
     losses = _LossLog(hist, bar, every=25 if device.type == "cuda" else 1)
@@ -242,30 +242,33 @@ def fit(
     start = time.perf_counter()
     model.train()
     step = 0
-    while (steps is None or step < steps) and (seconds is None or time.perf_counter() - start < seconds):
-        # one step: the loss on the next batch, then the update
-        run.begin(step)
-        batch = next(batches)
-        if channels_last:
-            batch = _channels_last(batch)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out = loss_fn(trained, batch)
-        loss, logs = out if isinstance(out, tuple) else (out, {})
-        if losses.every == 1 and not torch.isfinite(loss):
-            bar.close()
-            raise FloatingPointError(f"loss became {loss.item()} at step {hist.steps + step}; lower lr or enable clip")
-        logs = _update(model, opt, loss, logs, scaler, clip, skip_grad_norm, ema, hist)
-        losses.add(loss, logs)
-        run.end(step)
-        step += 1
-        # bookkeeping: losses into the history, the progress bar, early stopping's evaluation
-        if step % losses.every == 0 or step == steps:
-            losses.read(hist.steps + step)
-        if step % 25 == 0 or step == steps:
-            bar.set_postfix(loss=f"{sum(hist.loss[-25:]) / len(hist.loss[-25:]):.4f}", refresh=False)
-        bar.update(1)
-        if early is not None and step % eval_every == 0:
-            early.evaluate(model, hist.steps + step)
+    try:
+        while (steps is None or step < steps) and (seconds is None or time.perf_counter() - start < seconds):
+            # one step: the loss on the next batch, then the update
+            run.begin(step)
+            batch = next(batches)
+            if channels_last:
+                batch = _channels_last(batch)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                out = loss_fn(trained, batch)
+            loss, logs = out if isinstance(out, tuple) else (out, {})
+            if losses.every == 1 and not torch.isfinite(loss):
+                bar.close()
+                raise FloatingPointError(f"loss became {loss.item()} at step {hist.steps + step}; lower lr or enable clip")
+            logs = _update(model, opt, loss, logs, scaler, clip, skip_grad_norm, ema, hist)
+            losses.add(loss, logs)
+            run.end(step)
+            step += 1
+            # bookkeeping: losses into the history, the progress bar, early stopping's evaluation
+            if step % losses.every == 0 or step == steps:
+                losses.read(hist.steps + step)
+            if step % 25 == 0 or step == steps:
+                bar.set_postfix(loss=f"{sum(hist.loss[-25:]) / len(hist.loss[-25:]):.4f}", refresh=False)
+            bar.update(1)
+            if early is not None and step % eval_every == 0:
+                early.evaluate(model, hist.steps + step)
+    finally:
+        run.close()
     # finish: the last losses, a last evaluation, the best weights
     losses.read(hist.steps + step)
     bar.close()
@@ -392,6 +395,8 @@ def fit_or_load(name: str, model: nn.Module, config: Any, train: Callable[[], An
     its numeric entries if it is a dict.
     """
     folder = directory if directory is not None else os.environ.get("GENBOOK_CHECKPOINTS") or None
+    if smoke_mode():  # a 3-step model must never be saved where a real run would load it, nor a real one loaded
+        folder = None
     path = Path(folder) / f"{name}.pt" if folder is not None else None
     if path is not None and path.exists():
         start = time.perf_counter()

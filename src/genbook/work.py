@@ -170,6 +170,9 @@ def _cpu_attention_flops() -> dict:
     cpu_fwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
     if cpu_fwd is not None:
         extra[cpu_fwd] = flop_registry[aten._scaled_dot_product_flash_attention]
+    cpu_bwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    if cpu_bwd is not None:  # (grad_out, query, key, value, out, logsumexp, ...), as the GPU's flash backward
+        extra[cpu_bwd] = flop_registry[aten._scaled_dot_product_flash_attention_backward]
     return extra
 
 
@@ -259,10 +262,11 @@ class LoopRecord:
     desc: str
     planned: int | None
     ran: int
+    amp: bool = False  # trains under mixed precision on a GPU (fit's default); a loop written in a chapter does not
     step: StepWork | None = None
 
     def as_dict(self) -> dict:
-        out = {"desc": self.desc, "planned": self.planned, "ran": self.ran}
+        out = {"desc": self.desc, "planned": self.planned, "ran": self.ran, "amp": self.amp}
         if self.step is not None:
             out |= {**dataclasses.asdict(self.step.work), "param_bytes": self.step.param_bytes, "saved_bytes": self.step.saved_bytes}
         return out
@@ -288,8 +292,8 @@ class LoopMeter:
     """What a training loop calls in smoke mode: ``begin(i)`` before step ``i`` and ``end(i)`` after it. It measures
     the second step (the first pays for lazy initialization), or the only one."""
 
-    def __init__(self, ledger: Ledger, desc: str, planned: int | None, ran: int):
-        self.record = LoopRecord(desc, planned, ran)
+    def __init__(self, ledger: Ledger, desc: str, planned: int | None, ran: int, amp: bool = False):
+        self.record = LoopRecord(desc, planned, ran, amp)
         ledger.loops.append(self.record)
         self.counter = ledger.counter
         self.at = 1 if ran > 1 else 0
@@ -305,24 +309,34 @@ class LoopMeter:
             self._ctx.__exit__(None, None, None)
             self._ctx = None
 
+    def close(self) -> None:
+        """The loop ended (or broke off) with its measured step still open: close it, keeping what it counted."""
+        if self._ctx is not None:
+            self._ctx.__exit__(None, None, None)
+            self._ctx = None
 
-def project_chapter(ledger: dict, gpu: GPU | str, amp: bool = True) -> dict:
+
+def project_chapter(ledger: dict, gpu: GPU | str) -> dict:
     """A smoke run's ledger (:meth:`Ledger.as_dict`) projected onto ``gpu`` at the ``full`` profile's lengths.
 
-    Each training loop costs its planned steps times its measured step. The rest of the chapter (sampling,
+    Each training loop costs its planned steps times its measured step, at the tensor-core peak if it trains under
+    mixed precision on a GPU (``fit``) and at the fp32 peak if not (the GAN loops, loops written in a chapter). A loop
+    that ran no measured step is named in ``unmeasured loops``. The rest of the chapter (sampling,
     evaluation, everything outside the loops' steps), when the run counted everything (``GENBOOK_SMOKE=count``), is
     what it counted outside them, its FLOPs times the largest ratio of planned to run sample counts (an upper bound:
     not every sampler runs on the capped counts) and its launches as they were (a sampler runs a count as one batch);
     otherwise it is left out (``other seconds`` None). Memory is the largest training step's
     (:meth:`StepWork.memory_bytes`)."""
     loops_seconds, inside = 0.0, Work()
-    peak = 0
+    peak, unmeasured = 0, []
     for r in ledger["loops"]:
         if "flops" not in r:
+            if r["ran"]:
+                unmeasured.append(r["desc"])
             continue
         step = Work(r["flops"], r["launches"], r["syncs"])
         planned = r["planned"] if r["planned"] is not None else r["ran"]
-        loops_seconds += planned * project(step, gpu, amp)
+        loops_seconds += planned * project(step, gpu, r.get("amp", False))
         inside = inside + step * r["ran"]
         peak = max(peak, int(assumption("adam_copies")) * r["param_bytes"] + r["saved_bytes"])
     ratio = max([p / r for p, r in ledger["samples"] if r] or [1.0])
@@ -330,6 +344,6 @@ def project_chapter(ledger: dict, gpu: GPU | str, amp: bool = True) -> dict:
     if "total" in ledger:
         rest = Work(**ledger["total"]) - inside
         rest = Work(max(rest.flops, 0.0) * ratio, max(rest.launches, 0.0), max(rest.syncs, 0))
-        rest_seconds = project(rest, gpu, amp)
+        rest_seconds = project(rest, gpu, amp=True)  # sampling runs under autocast in the full profile's samplers
     return {"seconds": loops_seconds + (rest_seconds or 0.0), "training seconds": loops_seconds, "other seconds": rest_seconds,
-            "sample ratio": ratio, "peak memory GB": peak / 1e9}  # fmt: skip
+            "sample ratio": ratio, "peak memory GB": peak / 1e9, "unmeasured loops": unmeasured}  # fmt: skip

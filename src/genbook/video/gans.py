@@ -183,21 +183,24 @@ def train_video_gan(
         return out
 
     run = training_loop(steps, "video GAN")  # smoke mode (GENBOOK_SMOKE=1) cuts it to a few steps and measures one
-    for i in range(run.steps):
-        run.begin(i)
-        real = next(batches)
-        fake, extra = draw(len(real))  # one generator pass serves both updates
-        ld = sum(d_loss(r, f) for r, f in zip(logits(real), logits(fake.detach())))
-        opt_d.zero_grad(set_to_none=True)
-        ld.backward()
-        opt_d.step()
-        lg = sum(g_loss_nonsaturating(f) for f in logits(fake)) + extra  # judged by the updated discriminators
-        opt_g.zero_grad(set_to_none=True)
-        lg.backward()
-        opt_g.step()
-        hist.d_loss.append(ld.item())
-        hist.g_loss.append(lg.item())
-        run.end(i)
+    try:
+        for i in range(run.steps):
+            run.begin(i)
+            real = next(batches)
+            fake, extra = draw(len(real))  # one generator pass serves both updates
+            ld = sum(d_loss(r, f) for r, f in zip(logits(real), logits(fake.detach())))
+            opt_d.zero_grad(set_to_none=True)
+            ld.backward()
+            opt_d.step()
+            lg = sum(g_loss_nonsaturating(f) for f in logits(fake)) + extra  # judged by the updated discriminators
+            opt_g.zero_grad(set_to_none=True)
+            lg.backward()
+            opt_g.step()
+            hist.d_loss.append(ld.item())
+            hist.g_loss.append(lg.item())
+            run.end(i)
+    finally:
+        run.close()
     hist.seconds = time.perf_counter() - start
     return hist
 
