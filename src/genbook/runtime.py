@@ -60,7 +60,8 @@ class ConfigError(ValueError):
 class Length(int):
     """A training length in smoke mode: the steps that run (the int itself, at most :data:`SMOKE_STEPS`) and the
     steps the ``full`` profile plans (``.planned``), which the cost projection multiplies by. Sums, differences,
-    products and floor divisions with ints keep both, so ``STEPS // 2`` is half of each."""
+    products and floor divisions with ints act on the plan, and what runs follows it as in ``rt.steps``: ``STEPS // 2``
+    plans half and runs ``min(half, SMOKE_STEPS)``. Arithmetic with a float gives a plain float."""
 
     planned: int
 
@@ -77,32 +78,16 @@ class Length(int):
 
     def _both(self, other, op, swap=False):
         if not isinstance(other, int) or isinstance(other, bool):
-            return op(int(self), other) if not swap else op(other, int(self))
-        a, b = (other, int(self)) if swap else (int(self), int(other))
-        pa, pb = (getattr(other, "planned", other), self.planned) if swap else (self.planned, getattr(other, "planned", other))
-        planned = max(op(pa, pb), 0)
+            return NotImplemented  # a float: Python falls back to float arithmetic, which leaves the plan behind
+        mine, theirs = self.planned, getattr(other, "planned", other)
+        planned = max(op(theirs, mine) if swap else op(mine, theirs), 0)
         return Length(min(planned, SMOKE_STEPS), planned)  # what runs follows the plan, as in rt.steps
 
-    def __add__(self, other):
-        return self._both(other, int.__add__)
 
-    def __radd__(self, other):
-        return self._both(other, int.__add__, swap=True)
-
-    def __sub__(self, other):
-        return self._both(other, int.__sub__)
-
-    def __rsub__(self, other):
-        return self._both(other, int.__sub__, swap=True)
-
-    def __mul__(self, other):
-        return self._both(other, int.__mul__)
-
-    def __rmul__(self, other):
-        return self._both(other, int.__mul__, swap=True)
-
-    def __floordiv__(self, other):
-        return self._both(other, int.__floordiv__)
+for _name, _op, _swap in [("add", int.__add__, False), ("radd", int.__add__, True), ("sub", int.__sub__, False),
+                          ("rsub", int.__sub__, True), ("mul", int.__mul__, False), ("rmul", int.__mul__, True),
+                          ("floordiv", int.__floordiv__, False)]:  # fmt: skip
+    setattr(Length, f"__{_name}__", lambda self, other, _op=_op, _swap=_swap: self._both(other, _op, _swap))
 
 
 def smoke_mode() -> bool:

@@ -104,8 +104,6 @@ class Work:
     def __mul__(self, k: float) -> Work:
         return Work(self.flops * k, self.launches * k, round(self.syncs * k))
 
-    __rmul__ = __mul__
-
 
 def project(work: Work, gpu: GPU | str, amp: bool = True) -> float:
     """Seconds ``work`` takes on ``gpu``: the larger of its compute time at :data:`ASSUMPTIONS` ``efficiency`` of the
@@ -338,7 +336,7 @@ def project_chapter(ledger: dict, gpu: GPU | str) -> dict:
         planned = r["planned"] if r["planned"] is not None else r["ran"]
         loops_seconds += planned * project(step, gpu, r.get("amp", False))
         inside = inside + step * r["ran"]
-        peak = max(peak, int(assumption("adam_copies")) * r["param_bytes"] + r["saved_bytes"])
+        peak = max(peak, StepWork(param_bytes=r["param_bytes"], saved_bytes=r["saved_bytes"]).memory_bytes())
     ratio = max([p / r for p, r in ledger["samples"] if r] or [1.0])
     rest_seconds = None
     if "total" in ledger:
