@@ -1,0 +1,94 @@
+"""Tests for genbook.draw: the canvas recurrence written out by hand, the per-step KL, sampling's shapes,
+the ELBO as a drop-in for the VAE's loss and bound, and bad configurations."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from genbook import data
+from genbook.draw import DRAW, DRAWConfig
+from genbook.train import fit
+from genbook.vae import gaussian_kl, negative_elbo, vae_loss
+
+K = data.DIGIT_LEVELS
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def digits16():
+    return data.digits("train").x_int[:16]
+
+
+def _model(steps=3, latent_dim=2, hidden=16):
+    return DRAW(DRAWConfig(steps=steps, latent_dim=latent_dim, hidden=hidden))
+
+
+def test_run_is_the_recurrence_written_out(digits16):
+    """run() equals the DRAW step written by hand (error image, encoder LSTM, z = mu + sigma eps, decoder LSTM, additive
+    write), with the same eps, and elbo_terms is log p(x | c_T) by cross-entropy and the sum of the per-step KLs."""
+    m = _model()
+    torch.manual_seed(1)
+    canvas, kl, canvases = m.run(digits16)
+    torch.manual_seed(1)
+    x = digits16.float().flatten(1) / (K - 1)
+    h = [torch.zeros(16, 16) for _ in range(4)]  # h_enc, c_enc, h_dec, c_dec
+    c = m.canvas0.expand(16, -1)
+    kls = []
+    for _ in range(3):
+        mean = (c.view(16, K, 64).softmax(1) * torch.linspace(0, 1, K)[None, :, None]).sum(1)
+        h[0], h[1] = m.encoder(torch.cat([x, x - mean, h[2]], 1), (h[0], h[1]))
+        mu, logvar = m.to_q(h[0]).chunk(2, -1)
+        kls.append(gaussian_kl(mu, logvar))
+        z = mu + (0.5 * logvar).exp() * torch.randn_like(mu)
+        h[2], h[3] = m.decoder(z, (h[2], h[3]))
+        c = c + m.write(h[2])
+    torch.testing.assert_close(canvas, c)
+    torch.testing.assert_close(kl, torch.stack(kls, 1))
+    assert len(canvases) == 4 and torch.equal(canvases[-1], canvas)
+    nll = F.cross_entropy(canvas.view(16, K, 64), digits16.view(16, 64), reduction="none").sum(1)
+    torch.testing.assert_close(-m.log_px(digits16, canvas), nll)
+    torch.manual_seed(1)
+    log_px, kl_sum = m.elbo_terms(digits16)
+    torch.testing.assert_close(log_px, -nll)
+    torch.testing.assert_close(kl_sum, kl.sum(1))
+
+
+def test_mean_image_of_a_flat_canvas_is_one_half():
+    m = _model()
+    torch.testing.assert_close(m.mean_image(torch.zeros(2, K * 64)), torch.full((2, 64), 0.5))
+
+
+def test_sample_shapes_range_and_reproducibility():
+    """Samples are (T + 1, n, 1, 8, 8) in [0, 1], start at c_0's mean image, repeat with the same generator and
+    differ with another."""
+    m = _model(steps=4)
+    a = m.sample(5, generator=torch.Generator().manual_seed(3))
+    assert a.shape == (5, 5, 1, 8, 8) and a.min() >= 0 and a.max() <= 1
+    torch.testing.assert_close(a[0], m.mean_image(m.canvas0.expand(5, -1)).view(5, 1, 8, 8))
+    b = m.sample(5, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    other = m.sample(5, generator=torch.Generator().manual_seed(4))
+    assert not torch.equal(a[-1], other[-1])
+
+
+def test_training_lowers_the_bound_and_every_parameter_learns(digits16):
+    m = _model(steps=2, hidden=16)
+    before = negative_elbo(m, digits16, samples=4).mean().item()
+    start = {k: v.detach().clone() for k, v in m.named_parameters()}
+    fit(m, vae_loss, data.Batches(digits16, batch_size=16, seed=0), steps=60, lr=1e-2, progress=False)
+    after = negative_elbo(m, digits16, samples=4).mean().item()
+    assert after < before - 20, (before, after)
+    assert all(not torch.equal(start[k], v) for k, v in m.named_parameters())
+
+
+def test_bad_configurations_and_labels_are_refused(digits16):
+    with pytest.raises(ValueError, match="at least one step"):
+        DRAW(DRAWConfig(steps=0))
+    with pytest.raises(ValueError, match="at least one step"):
+        DRAW(DRAWConfig(latent_dim=0))
+    with pytest.raises(ValueError, match="unconditional"):
+        _model().elbo_terms(digits16, torch.zeros(16, dtype=torch.long))
