@@ -23,7 +23,7 @@ def digits16():
     return data.digits("train").x_int[:16]
 
 
-def _model(steps=3, latent_dim=2, hidden=16):
+def _model(steps=3, latent_dim=2, hidden=12):  # hidden != the batch of 16, so a swapped state shape fails
     return DRAW(DRAWConfig(steps=steps, latent_dim=latent_dim, hidden=hidden))
 
 
@@ -35,13 +35,14 @@ def test_run_is_the_recurrence_written_out(digits16):
     canvas, kl, canvases = m.run(digits16)
     torch.manual_seed(1)
     x = digits16.float().flatten(1) / (K - 1)
-    h = [torch.zeros(16, 16) for _ in range(4)]  # h_enc, c_enc, h_dec, c_dec
+    h = [torch.zeros(16, 12) for _ in range(4)]  # h_enc, c_enc, h_dec, c_dec
     c = m.canvas0.expand(16, -1)
     kls = []
     for _ in range(3):
         mean = (c.view(16, K, 64).softmax(1) * torch.linspace(0, 1, K)[None, :, None]).sum(1)
         h[0], h[1] = m.encoder(torch.cat([x, x - mean, h[2]], 1), (h[0], h[1]))
         mu, logvar = m.to_q(h[0]).chunk(2, -1)
+        logvar = logvar.clamp(-12, 8)
         kls.append(gaussian_kl(mu, logvar))
         z = mu + (0.5 * logvar).exp() * torch.randn_like(mu)
         h[2], h[3] = m.decoder(z, (h[2], h[3]))
@@ -57,9 +58,31 @@ def test_run_is_the_recurrence_written_out(digits16):
     torch.testing.assert_close(kl_sum, kl.sum(1))
 
 
-def test_mean_image_of_a_flat_canvas_is_one_half():
+def test_mean_image_is_the_expected_level():
+    """A canvas sure of level k at pixel i has mean k / (K - 1) there; a flat canvas has 1/2 everywhere."""
     m = _model()
+    canvas = torch.zeros(3, K, 64)
+    for b, (k, i) in enumerate([(0, 5), (4, 17), (16, 63)]):
+        canvas[b, k, i] = 50.0
+    mean = m.mean_image(canvas.flatten(1))
+    for b, (k, i) in enumerate([(0, 5), (4, 17), (16, 63)]):
+        assert mean[b, i].item() == pytest.approx(k / (K - 1), abs=1e-6)
     torch.testing.assert_close(m.mean_image(torch.zeros(2, K * 64)), torch.full((2, 64), 0.5))
+
+
+def test_sample_replays_the_decoder_with_prior_codes():
+    """sample() is the decoder half of the recurrence driven by z_t ~ N(0, I): replayed by hand with the same draws."""
+    m = _model(steps=3)
+    out = m.sample(5, generator=torch.Generator().manual_seed(3))
+    z = torch.randn(3, 5, 2, generator=torch.Generator().manual_seed(3))
+    h, c = torch.zeros(5, 12), torch.zeros(5, 12)
+    canvas = m.canvas0.expand(5, -1)
+    means = [m.mean_image(canvas)]
+    for t in range(3):
+        h, c = m.decoder(z[t], (h, c))
+        canvas = canvas + m.write(h)
+        means.append(m.mean_image(canvas))
+    torch.testing.assert_close(out, torch.stack(means).view(4, 5, 1, 8, 8))
 
 
 def test_sample_shapes_range_and_reproducibility():
@@ -76,13 +99,15 @@ def test_sample_shapes_range_and_reproducibility():
 
 
 def test_training_lowers_the_bound_and_every_parameter_learns(digits16):
-    m = _model(steps=2, hidden=16)
+    m = _model(steps=2, hidden=32)
     before = negative_elbo(m, digits16, samples=4).mean().item()
     start = {k: v.detach().clone() for k, v in m.named_parameters()}
-    fit(m, vae_loss, data.Batches(digits16, batch_size=16, seed=0), steps=60, lr=1e-2, progress=False)
+    fit(m, vae_loss, data.Batches(digits16, batch_size=16, seed=0), steps=150, lr=1e-2, progress=False)
     after = negative_elbo(m, digits16, samples=4).mean().item()
     assert after < before - 20, (before, after)
     assert all(not torch.equal(start[k], v) for k, v in m.named_parameters())
+    _, kl = m.elbo_terms(digits16)
+    assert kl.mean() > 1.0, "the codes carry information, not only the learned canvas c_0"
 
 
 def test_bad_configurations_and_labels_are_refused(digits16):

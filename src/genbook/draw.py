@@ -11,10 +11,12 @@
 One step, without attention (read and write see the whole image, Gregor et al.'s section 3.1):
 
     x_hat_t = x - mean(c_{t-1})
-    h_enc_t = LSTM_enc([x, x_hat_t, h_dec_{t-1}])
+    h_enc_t = LSTM_enc(h_enc_{t-1}, [x, x_hat_t, h_dec_{t-1}])
     z_t     ~ q(z_t | h_enc_t)
-    h_dec_t = LSTM_dec(z_t)
+    h_dec_t = LSTM_dec(h_dec_{t-1}, z_t)
     c_t     = c_{t-1} + write(h_dec_t)
+
+Both LSTMs start from zero states; the first canvas c_0 is learned.
 
 The loss is -log p(x | c_T) + sum_t KL(q(z_t | ...) || N(0, I)), a negative ELBO with T * d latent numbers in all.
 Pixels are categorical over K levels, as in :class:`genbook.vae.VAE`, so the bound is in nats per image and
@@ -58,12 +60,10 @@ class DRAW(nn.Module):
         self.decoder = nn.LSTMCell(cfg.latent_dim, cfg.hidden)
         self.write = nn.Linear(cfg.hidden, cfg.levels * n)
         self.canvas0 = nn.Parameter(torch.zeros(cfg.levels * n))  # c_0, learned
-        self.register_buffer("level_values", torch.linspace(0, 1, cfg.levels), persistent=False)
 
     def mean_image(self, canvas: torch.Tensor) -> torch.Tensor:
         """E[x / (K - 1)] under the canvas's categorical pixels, (B, C * S * S) in [0, 1]."""
-        probs = canvas.view(len(canvas), self.cfg.levels, -1).softmax(1)
-        return torch.einsum("bkn,k->bn", probs, self.level_values)
+        return data.categorical_mean(canvas.view(len(canvas), self.cfg.levels, -1))
 
     def _zeros(self, b: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.zeros(b, self.cfg.hidden, device=device), torch.zeros(b, self.cfg.hidden, device=device)

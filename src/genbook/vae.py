@@ -245,7 +245,7 @@ def negative_elbo(
 ) -> torch.Tensor:
     """-ELBO per image (B,), averaging ``samples`` draws of z; an upper bound on -log p(x) in nats.
 
-    Works for any model with an ``elbo_terms(x_int, y)`` method (:class:`VAE`, the hierarchical VAE).
+    Works for any model with an ``elbo_terms(x_int, y)`` method (:class:`VAE`, the hierarchical VAE, DRAW).
     """
     out = []
     for i in range(0, len(x_int), batch):
