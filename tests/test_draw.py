@@ -85,15 +85,12 @@ def test_sample_replays_the_decoder_with_prior_codes():
     torch.testing.assert_close(out, torch.stack(means).view(4, 5, 1, 8, 8))
 
 
-def test_sample_shapes_range_and_reproducibility():
-    """Samples are (T + 1, n, 1, 8, 8) in [0, 1], start at c_0's mean image, repeat with the same generator and
-    differ with another."""
+def test_sample_shapes_range_and_generator():
+    """Samples are (T + 1, n, 1, 8, 8) in [0, 1] and follow the generator: the same seed repeats, another differs."""
     m = _model(steps=4)
     a = m.sample(5, generator=torch.Generator().manual_seed(3))
     assert a.shape == (5, 5, 1, 8, 8) and a.min() >= 0 and a.max() <= 1
-    torch.testing.assert_close(a[0], m.mean_image(m.canvas0.expand(5, -1)).view(5, 1, 8, 8))
-    b = m.sample(5, generator=torch.Generator().manual_seed(3))
-    assert torch.equal(a, b)
+    assert torch.equal(a, m.sample(5, generator=torch.Generator().manual_seed(3)))
     other = m.sample(5, generator=torch.Generator().manual_seed(4))
     assert not torch.equal(a[-1], other[-1])
 

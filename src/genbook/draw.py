@@ -68,6 +68,11 @@ class DRAW(nn.Module):
     def _zeros(self, b: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.zeros(b, self.cfg.hidden, device=device), torch.zeros(b, self.cfg.hidden, device=device)
 
+    def _write(self, z: torch.Tensor, dec: tuple[torch.Tensor, torch.Tensor], canvas: torch.Tensor):
+        """The decoder's half of a step: h_dec_t = LSTM_dec(h_dec_{t-1}, z_t), c_t = c_{t-1} + write(h_dec_t)."""
+        dec = self.decoder(z, dec)
+        return dec, canvas + self.write(dec[0])
+
     def run(self, x_int: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """The T steps on images x_int: (final canvas, KL per step (B, T), canvases c_0..c_T)."""
         cfg, b = self.cfg, x_int.shape[0]
@@ -81,8 +86,7 @@ class DRAW(nn.Module):
             mu, logvar = self.to_q(enc[0]).chunk(2, -1)
             logvar = logvar.clamp(-12, 8)
             kls.append(gaussian_kl(mu, logvar))
-            dec = self.decoder(reparameterize(mu, logvar), dec)
-            canvas = canvas + self.write(dec[0])
+            dec, canvas = self._write(reparameterize(mu, logvar), dec, canvas)
             canvases.append(canvas)
         return canvas, torch.stack(kls, 1), canvases
 
@@ -109,7 +113,6 @@ class DRAW(nn.Module):
         canvas = self.canvas0.expand(n, -1)
         means = [self.mean_image(canvas)]
         for t in range(cfg.steps):
-            dec = self.decoder(z[t], dec)
-            canvas = canvas + self.write(dec[0])
+            dec, canvas = self._write(z[t], dec, canvas)
             means.append(self.mean_image(canvas))
         return torch.stack(means).view(cfg.steps + 1, n, cfg.channels, cfg.size, cfg.size)
