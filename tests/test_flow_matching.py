@@ -103,6 +103,52 @@ def test_adaptive_solver_is_accurate_and_counts_evaluations():
     assert 0 < nfe_loose < nfe
 
 
+def test_ddim_is_exact_for_a_single_point_and_first_order_for_gaussian_data():
+    path, t1 = fm.VPPath(), fm.VPPath.t_max
+    x0 = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    zero, end = torch.zeros(1, dtype=torch.float64), torch.full((1,), t1, dtype=torch.float64)
+    # one data point c: eps is constant along every ODE path, x_t = a_t c + sigma_t eps, and one DDIM step is exact
+    c = torch.tensor([[0.3, -0.7]], dtype=torch.float64)
+
+    def eps_point(x, t):
+        return (x - path.a(t)[:, None] * c) / path.sigma(t)[:, None]
+
+    eps0 = (x0 - path.a(zero) * c) / path.sigma(zero)
+    torch.testing.assert_close(fm.ddim(eps_point, path, x0, 1, t1=t1), path.a(end) * c + path.sigma(end) * eps0)
+    assert (fm.heun(fm.velocity_from_eps(eps_point, path), x0, 1, t1=t1) - (path.a(end) * c + path.sigma(end) * eps0)).abs().max() > 1e-2
+    # data N(0, s^2 I): E[eps | x_t] = sigma_t x / (a_t^2 s^2 + sigma_t^2), and the ODE scales x by the marginal's std
+    s2 = 0.25
+
+    def eps_gauss(x, t):
+        return path.sigma(t)[:, None] * x / (path.a(t)[:, None] ** 2 * s2 + path.sigma(t)[:, None] ** 2)
+
+    def std(t):
+        return (path.a(t) ** 2 * s2 + path.sigma(t) ** 2).sqrt()
+
+    exact = x0 * std(end) / std(zero)
+    errors = [(fm.ddim(eps_gauss, path, x0, n, t1=t1) - exact).abs().max().item() for n in (80, 160, 320)]
+    assert all(1.6 < errors[i] / errors[i + 1] < 2.4 for i in range(2)), errors
+    assert errors[-1] < 1e-2
+
+
+def test_ddim_clips_the_predicted_data_and_refuses_a_path_that_starts_at_zero():
+    path, t1 = fm.VPPath(), fm.VPPath.t_max
+    c = torch.tensor([[3.0, -0.5]], dtype=torch.float64)  # outside [-1, 1] in its first coordinate
+
+    def eps_point(x, t):
+        return (x - path.a(t)[:, None] * c) / path.sigma(t)[:, None]
+
+    x0 = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    zero, end = torch.zeros(1, dtype=torch.float64), torch.full((1,), t1, dtype=torch.float64)
+    x1_hat = c.clamp(-1, 1).expand(4, 2)  # one step: x1_hat = c exactly, clipped
+    eps = (x0 - path.a(zero) * x1_hat) / path.sigma(zero)
+    torch.testing.assert_close(fm.ddim(eps_point, path, x0, 1, t1=t1, clip_x1=1.0), path.a(end) * x1_hat + path.sigma(end) * eps)
+    with pytest.raises(ValueError, match="a_t > 0"):
+        fm.ddim(eps_point, fm.OTPath(1e-3), x0, 4)
+    with pytest.raises(ValueError, match="steps"):
+        fm.ddim(eps_point, path, x0, 0, t1=t1)
+
+
 def test_trajectory_validates_its_arguments():
     v, x0, _ = linear_ode()
     assert fm.trajectory(v, x0, 5).shape == (6, 2, 2)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from genbook.flow_matching.paths import VelocityFn
+from genbook.flow_matching.paths import GaussianPath, VelocityFn, _bcast
 
 
 def _t(value: float, x: torch.Tensor) -> torch.Tensor:
@@ -83,6 +83,36 @@ def adaptive(v_fn: VelocityFn, x0: torch.Tensor, rtol: float = 1e-3, atol: float
 
 
 @torch.no_grad()
+def ddim(
+    eps_fn: VelocityFn, path: GaussianPath, x0: torch.Tensor, steps: int, t1: float = 1.0, clip_x1: float | None = None
+) -> torch.Tensor:
+    """DDIM (eta = 0) for a noise predictor on a Gaussian path, chapter 6's sampler in this chapter's time: on the
+    even grid t_i = i t1 / N, predict x1_hat = (x - sigma_t eps_hat) / a_t, then jump to
+    x <- a_{t'} x1_hat + sigma_{t'} eps_hat. It integrates the probability-flow ODE of :func:`velocity_from_eps`
+    to first order, and exactly wherever eps_hat is constant along the path (a single data point), which is why
+    it copes with the VP path's stiff start, where a_t is tiny. ``clip_x1`` clips x1_hat to the data's range and
+    recomputes eps_hat from it (chapter 6's ``clip_x0``). N evaluations; needs a_t > 0 on the grid (the VP path,
+    not the OT path at t = 0). Chapter 7, "Flow matching against diffusion"."""
+    if steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps}")
+    grid = torch.linspace(0.0, t1, steps + 1, dtype=torch.float64).tolist()
+    x = x0
+    for t, t_next in zip(grid[:-1], grid[1:]):
+        tt = _t(t, x)
+        a, sigma = _bcast(path.a(tt), x), _bcast(path.sigma(tt), x)
+        if not bool((a > 0).all()):
+            raise ValueError(f"ddim needs a_t > 0 on its grid; this path has a_t = 0 at t = {t:g} (use it on the VP path)")
+        eps = eps_fn(x, tt)
+        x1_hat = (x - sigma * eps) / a
+        if clip_x1 is not None:
+            x1_hat = x1_hat.clamp(-clip_x1, clip_x1)
+            eps = (x - a * x1_hat) / sigma
+        nt = _t(t_next, x)
+        x = _bcast(path.a(nt), x) * x1_hat + _bcast(path.sigma(nt), x) * eps
+    return x
+
+
+@torch.no_grad()
 def straightness(v_fn: VelocityFn, x0: torch.Tensor, steps: int = 100) -> float:
     """S = int_0^1 E ||(Z_1 - Z_0) - v_theta(Z_t, t)||^2 dt along the model's own paths (Liu et al. 2023, eq. 4),
     per dimension: 0 exactly when every path is a straight line travelled at constant speed, which one Euler
@@ -93,4 +123,4 @@ def straightness(v_fn: VelocityFn, x0: torch.Tensor, steps: int = 100) -> float:
     return float(((vel - chord) ** 2).mean())
 
 
-__all__ = ["adaptive", "euler", "heun", "straightness", "trajectory"]
+__all__ = ["adaptive", "ddim", "euler", "heun", "straightness", "trajectory"]
