@@ -2,6 +2,7 @@
 clipping, gradient penalty and R1 against exact linear-critic values, MinibatchStd against numpy, conditional critics'
 shapes and the projection formula, train_gan on tiny 2-D MLPs, StyleGAN mixing, and the Dirac-GAN's exact dynamics."""
 
+import copy
 import math
 
 import numpy as np
@@ -346,6 +347,23 @@ def test_train_gan_wall_clock_budget():
     assert len(train_gan(G, D, _batches(), steps=3, seconds=60, z_dim=Z_DIM).g_loss) == 3  # whichever runs out first
     with pytest.raises(ValueError, match="budget"):
         train_gan(G, D, _batches(), z_dim=Z_DIM)
+
+
+def test_train_gan_snapshot_is_the_shorter_run():
+    """A snapshot after k steps holds the weights a run of k steps ends with, and later training does not change it."""
+    torch.manual_seed(0)
+    G, D = _mlps()
+    G_short, D_short = copy.deepcopy(G), copy.deepcopy(D)
+    torch.manual_seed(1)
+    hist = train_gan(G, D, _batches(), steps=6, z_dim=Z_DIM, snapshot_at=(4,))
+    torch.manual_seed(1)
+    train_gan(G_short, D_short, _batches(), steps=4, z_dim=Z_DIM)
+    assert list(hist.snapshots) == [4]
+    for k, v in G_short.state_dict().items():
+        torch.testing.assert_close(hist.snapshots[4][k], v, rtol=0, atol=0)
+    assert any((hist.snapshots[4][k] != v).any() for k, v in G.state_dict().items())  # the run went on
+    with pytest.raises(ValueError, match="snapshot_at"):
+        train_gan(G, D, _batches(), steps=3, z_dim=Z_DIM, snapshot_at=(5,))
 
 
 def test_train_gan_rejects_unknown_loss():

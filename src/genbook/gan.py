@@ -153,6 +153,7 @@ class GANHistory:
     g_loss: list[float] = field(default_factory=list)
     g_grad_norm: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    snapshots: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # step -> generator state_dict
 
 
 LOSSES = ("nonsaturating", "minimax", "wgan-clip", "wgan-gp")
@@ -262,6 +263,7 @@ def train_gan(
     generator_rng: torch.Generator | None = None,
     g_penalty: Callable[[torch.Tensor], torch.Tensor] | None = None,
     seconds: float | None = None,
+    snapshot_at: tuple[int, ...] = (),
 ) -> GANHistory:
     """Alternate ``n_critic`` discriminator steps and one generator step (survey Box 3 and Box 4).
 
@@ -270,9 +272,14 @@ def train_gan(
     ``acgan`` adds the class cross-entropies L_C of eq. 44-45 to both players. ``g_penalty(fake)`` is added to the
     generator's loss on its batch (chapter 9's spectral regularization, eq. 129). The budget is ``steps`` generator
     steps, ``seconds`` of wall-clock time (chapter 10's equal budgets), or whichever runs out first.
+    ``snapshot_at`` keeps a copy of the generator's weights after each of those generator steps in
+    ``hist.snapshots[step]``: the same run, read at a shorter budget (chapter 3's ablation at equal steps); absent
+    when a ``seconds`` budget ends the run first.
     """
     if steps is None and seconds is None:
         raise ValueError("train_gan needs a budget: steps=..., seconds=..., or both")
+    if any(k < 1 or (steps is not None and k > steps) for k in snapshot_at):
+        raise ValueError(f"snapshot_at steps must lie in 1..steps ({steps}), got {tuple(snapshot_at)}")
     if loss not in LOSSES:
         raise ValueError(f"unknown GAN loss {loss!r}; valid losses are {', '.join(LOSSES)}")
     if acgan and not conditional:
@@ -288,6 +295,7 @@ def train_gan(
     step = 0
     run = training_loop(steps, "GAN")  # smoke mode (GENBOOK_SMOKE=1): a few steps, one measured (fp32: no autocast here)
     steps = run.steps
+    keep = {min(k, steps) if steps is not None else k: k for k in snapshot_at}  # smoke mode: the last step stands in
     try:
         while (steps is None or step < steps) and (seconds is None or time.perf_counter() - start < seconds):
             run.begin(step)
@@ -296,6 +304,8 @@ def train_gan(
                 ld, real, y = game.discriminator_step(next(batches))
             lg, squares = game.generator_step(len(real), y)
             log.add(ld, lg, squares)
+            if step in keep:
+                hist.snapshots[keep[step]] = {k: v.detach().clone() for k, v in generator.state_dict().items()}
             run.end(step - 1)
             if game.device.type != "cuda" or step % 25 == 0:
                 log.read()
