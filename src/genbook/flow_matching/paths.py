@@ -139,6 +139,17 @@ def eps_loss(eps_fn: VelocityFn, path: GaussianPath, x1: torch.Tensor) -> torch.
     return F.mse_loss(eps_fn(path.sample_xt(eps, x1, t), t), eps)
 
 
+def clipped_prediction(path: GaussianPath, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, clip_x1: float | None):
+    """x1_hat = (x - sigma_t eps) / a_t, clipped to [-clip_x1, clip_x1] when ``clip_x1`` is set, and the eps that
+    the clipped x1_hat implies, (x - a_t x1_hat) / sigma_t: chapter 6's ``clip_x0`` on a Gaussian path."""
+    a, sigma = _bcast(path.a(t), x), _bcast(path.sigma(t), x)
+    x1_hat = (x - sigma * eps) / a
+    if clip_x1 is None:
+        return x1_hat, eps
+    x1_hat = x1_hat.clamp(-clip_x1, clip_x1)
+    return x1_hat, (x - a * x1_hat) / sigma
+
+
 def velocity_from_eps(eps_fn: VelocityFn, path: GaussianPath, clip_x1: float | None = None) -> VelocityFn:
     """The probability-flow velocity of a noise predictor: with x1_hat = (x - sigma_t eps_hat) / a_t,
     v = da_t x1_hat + dsigma_t eps_hat = (dlog_a_t) x + (dsigma_t - dlog_a_t sigma_t) eps_hat.
@@ -149,9 +160,8 @@ def velocity_from_eps(eps_fn: VelocityFn, path: GaussianPath, clip_x1: float | N
     def v(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         eps = eps_fn(x, t)
         if clip_x1 is not None:
-            a, sigma = _bcast(path.a(t), x), _bcast(path.sigma(t), x)
-            x1_hat = ((x - sigma * eps) / a).clamp(-clip_x1, clip_x1)
-            return _bcast(path.da(t), x) * x1_hat + _bcast(path.dsigma(t), x) * (x - a * x1_hat) / sigma
+            x1_hat, eps = clipped_prediction(path, x, t, eps, clip_x1)
+            return _bcast(path.da(t), x) * x1_hat + _bcast(path.dsigma(t), x) * eps
         r = path.dlog_a(t)
         return _bcast(r, x) * x + _bcast(path.dsigma(t) - r * path.sigma(t), x) * eps
 

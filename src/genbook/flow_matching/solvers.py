@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from genbook.flow_matching.paths import GaussianPath, VelocityFn, _bcast
+from genbook.flow_matching.paths import GaussianPath, VelocityFn, _bcast, clipped_prediction
 
 
 def _t(value: float, x: torch.Tensor) -> torch.Tensor:
@@ -95,18 +95,14 @@ def ddim(
     not the OT path at t = 0). Chapter 7, "Flow matching against diffusion"."""
     if steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps}")
-    grid = torch.linspace(0.0, t1, steps + 1, dtype=torch.float64).tolist()
+    grid = torch.linspace(0.0, t1, steps + 1, dtype=torch.float64)
+    if not bool((path.a(grid[:-1]) > 0).all()):
+        raise ValueError("ddim needs a_t > 0 on its grid; this path has a_t = 0 there (use it on the VP path)")
+    grid = grid.tolist()
     x = x0
     for t, t_next in zip(grid[:-1], grid[1:]):
         tt = _t(t, x)
-        a, sigma = _bcast(path.a(tt), x), _bcast(path.sigma(tt), x)
-        if not bool((a > 0).all()):
-            raise ValueError(f"ddim needs a_t > 0 on its grid; this path has a_t = 0 at t = {t:g} (use it on the VP path)")
-        eps = eps_fn(x, tt)
-        x1_hat = (x - sigma * eps) / a
-        if clip_x1 is not None:
-            x1_hat = x1_hat.clamp(-clip_x1, clip_x1)
-            eps = (x - a * x1_hat) / sigma
+        x1_hat, eps = clipped_prediction(path, x, tt, eps_fn(x, tt), clip_x1)
         nt = _t(t_next, x)
         x = _bcast(path.a(nt), x) * x1_hat + _bcast(path.sigma(nt), x) * eps
     return x
