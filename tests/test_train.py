@@ -399,6 +399,31 @@ def test_early_stopping_counts_steps_across_continued_history(regression):
     assert hist.best_step == 8 and hist.steps == 8
 
 
+def test_patience_stops_once_the_best_evaluation_is_old(regression):
+    """Eval values 3, 2, 1, 2, 3, 4 every 2 steps with patience 4: training ends at step 10, four steps after the best
+    (step 6), with the weights of step 6; without patience the same run goes on to its 12 steps."""
+    x, y, *_ = regression
+    values = [3.0, 2.0, 1.0, 2.0, 3.0, 4.0]
+    model = nn.Linear(3, 1)
+    evaluate = _ScriptedEval(values)
+    hist = fit(model, mse, Batches(x, y, batch_size=32), steps=12, eval_fn=evaluate, eval_every=2, patience=4, progress=False)
+    assert hist.steps == 10 and hist.best_step == 6
+    assert [s for s, _ in hist.evals] == [2, 4, 6, 8, 10]
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, evaluate.snapshots[2][k])
+    full = fit(nn.Linear(3, 1), mse, Batches(x, y, batch_size=32), steps=12, eval_fn=_ScriptedEval(values), eval_every=2,
+               progress=False)  # fmt: skip
+    assert full.steps == 12 and full.best_step == 6
+
+
+def test_patience_needs_an_evaluation(regression):
+    """patience without eval_fn, or shorter than eval_every, is refused with a message that says what it needs."""
+    x, y, *_ = regression
+    for kwargs in ({"patience": 10}, {"patience": 1, "eval_fn": lambda m: 0.0, "eval_every": 2}):
+        with pytest.raises(ValueError, match="patience=.*needs an eval_fn"):
+            fit(nn.Linear(3, 1), mse, Batches(x, y, batch_size=32), steps=4, progress=False, **kwargs)
+
+
 def test_fit_rejects_a_zero_eval_interval(regression):
     """eval_every must be a positive number of steps when eval_fn is given."""
     x, y, *_ = regression

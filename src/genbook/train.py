@@ -197,6 +197,7 @@ def fit(
     history: History | None = None,
     eval_fn: Callable[[nn.Module], float] | None = None,
     eval_every: int = 100,
+    patience: int | None = None,
     channels_last: bool | None = None,
     compile: bool | None = None,  # noqa: A002 - torch's own name for it
 ) -> History:
@@ -210,7 +211,8 @@ def fit(
     or ``skip_grad_norm`` set) it is logged as ``History.logs["grad_norm"]``.
     ``eval_fn(model)`` (e.g. a validation loss, lower is better) runs every ``eval_every`` steps and
     at the end; the model keeps the weights of the best evaluation (early stopping on a held-out
-    split, which 1000 training digits need).
+    split, which 1000 training digits need). ``patience`` (steps) also ends training once the best evaluation is
+    that many steps old, so that a model is compared at convergence rather than at a step count.
 
     On a GPU (the ``full`` profile): ``channels_last`` (default: on for a CUDA model with convolutions) stores the
     convolution weights and 4-D float batches channels-last, which tensor cores prefer; ``compile`` (default: the
@@ -221,6 +223,11 @@ def fit(
         raise ValueError("fit needs a budget: steps=..., seconds=..., or both")
     if eval_fn is not None and eval_every < 1:
         raise ValueError(f"eval_every must be a positive number of steps, got {eval_every}")
+    if patience is not None and (eval_fn is None or patience < eval_every):
+        raise ValueError(
+            f"patience={patience} needs an eval_fn and at least eval_every={eval_every} steps: it ends training once the "
+            "best evaluation is that many steps old"
+        )
     # set-up: precision, memory order, compilation, optimizer, history, progress bar
     device = next(model.parameters()).device
     dtype = _amp_dtype(device) if amp is not False else None
@@ -267,6 +274,8 @@ def fit(
             bar.update(1)
             if early is not None and step % eval_every == 0:
                 early.evaluate(model, hist.steps + step)
+                if patience is not None and hist.steps + step - hist.best_step >= patience:
+                    break  # the validation value has not improved for `patience` steps
     finally:
         run.close()
     # finish: the last losses, a last evaluation, the best weights
