@@ -416,6 +416,18 @@ def test_patience_stops_once_the_best_evaluation_is_old(regression):
     assert full.steps == 12 and full.best_step == 6
 
 
+def test_patience_counts_steps_across_continued_history(regression):
+    """Continuing a History, patience is measured from the best evaluation's step in the whole run."""
+    x, y, *_ = regression
+    model = nn.Linear(3, 1)
+    batches = Batches(x, y, batch_size=32)
+    hist = fit(model, mse, batches, steps=4, progress=False)
+    fit(model, mse, batches, steps=10, eval_fn=_ScriptedEval([2.0, 1.0, 3.0, 4.0]), eval_every=2, patience=2, history=hist,
+        progress=False)  # fmt: skip
+    assert hist.evals == [(6, 2.0), (8, 1.0), (10, 3.0)]
+    assert hist.best_step == 8 and hist.steps == 10
+
+
 def test_patience_needs_an_evaluation(regression):
     """patience without eval_fn, or shorter than eval_every, is refused with a message that says what it needs."""
     x, y, *_ = regression
