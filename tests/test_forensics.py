@@ -1,15 +1,20 @@
 """Chapter 9's forensics: spectra, copy-move, PRNU, DIRE and watermarks."""
 
 import copy
+import io
 import itertools
 import math
 import random
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from genbook import forensics
+from genbook import forensics, metrics
 from genbook.diffusion import cosine_schedule, ddim_sample
+from genbook.forensics.jpeg import dct_matrix
+from genbook.forensics.splice import move
 
 
 def test_spectrum_of_a_sinusoid_peaks_at_its_frequency():
@@ -112,7 +117,7 @@ def test_distortions_and_the_extractor_reads_any_crop():
     with pytest.raises(ValueError, match="16 x 16"):
         forensics.WatermarkEncoder(8, size=16)(torch.rand(2, 1, 8, 8), torch.zeros(2, 8))
     with pytest.raises(ValueError, match="unknown distortion"):
-        forensics.distort(x, "jpeg", 0.5)
+        forensics.distort(x, "rotate", 0.5)
     ext = forensics.WatermarkExtractor(8, width=8)
     assert ext(x).shape == (3, 8) and ext(forensics.distort(x, "crop", 0.6, g)).shape == (3, 8)
     rng = random.Random(0)
@@ -182,3 +187,96 @@ def test_dire_separates_the_model_s_samples_from_images_it_did_not_make():
     assert d_made.shape == (100,) and forensics.dire(eps_fn, sched, made[:2], per_pixel=True).shape == (2, 1, 8, 8)
     assert roc_auc_score([0] * 100 + [1] * 100, torch.cat([d_made, d_other]).numpy()) > 0.95
     assert d_made.mean() < 0.2 * d_other.mean()
+
+
+def _pillow_jpeg(x, quality):
+    """Pillow's baseline JPEG at 4:4:4, a round trip through bytes: the reference for forensics.jpeg."""
+    out = []
+    for im in x:
+        buf = io.BytesIO()
+        Image.fromarray((im.permute(1, 2, 0) * 255).round().byte().numpy()).save(buf, format="JPEG", quality=quality, subsampling=0)
+        out.append(torch.from_numpy(np.array(Image.open(io.BytesIO(buf.getvalue())))).permute(2, 0, 1) / 255)
+    return torch.stack(out).float()
+
+
+def test_jpeg_agrees_with_pillow_and_loses_more_at_lower_quality():
+    g = torch.Generator().manual_seed(0)
+    x = metrics.gaussian_blur(torch.rand(8, 3, 16, 16, generator=g), 1.0)
+    x = (x - x.amin((1, 2, 3), keepdim=True)) / (x.amax((1, 2, 3), keepdim=True) - x.amin((1, 2, 3), keepdim=True))
+    x = (x * 255).round() / 255  # 8-bit images, as Pillow sees them
+    d = dct_matrix()
+    torch.testing.assert_close(d @ d.T, torch.eye(8), atol=1e-6, rtol=0)  # the DCT is orthonormal
+    errors = []
+    for q in (75, 50, 20):
+        ours, ref = forensics.jpeg(x, q), _pillow_jpeg(x, q)
+        lost, gap = (ref - x).abs().mean().item(), (ours - ref).abs().mean().item()
+        assert gap < min(0.25 * lost, 2 / 255), (q, gap, lost)  # within two grey levels, a quarter of what is lost
+        assert abs((ours - x).abs().mean().item() - lost) < 0.1 * lost
+        errors.append(lost)
+    assert errors[0] < errors[1] < errors[2]
+    assert (forensics.jpeg(x, 100) - x).abs().max() <= 2.5 / 255  # all-ones tables: only the roundings
+    assert forensics.quant_table(50)[0, 0] == 16 and forensics.quant_table(10)[0, 0] == 80  # T.81's table, scaled
+    grey, odd = forensics.jpeg(x[:, :1], 50), forensics.jpeg(torch.rand(2, 3, 13, 10, generator=g), 50)
+    assert grey.shape == (8, 1, 16, 16) and odd.shape == (2, 3, 13, 10)
+    xs = (0.25 + 0.5 * x).requires_grad_()  # mid-range, so that no clamp cuts the gradient
+    forensics.distort(xs, "jpeg", 50).sum().backward()  # straight-through: the gradient of the identity
+    torch.testing.assert_close(xs.grad, torch.ones_like(xs), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="quality"):
+        forensics.jpeg(x, 0)
+    with pytest.raises(ValueError, match="C = 1 or 3"):
+        forensics.jpeg(torch.rand(2, 2, 8, 8), 50)
+
+
+def _squares(n, g, size=16, noisy=False):
+    """n pictures of one 4 x 4 square at a random place on a grey background; noisy squares for donors."""
+    x = torch.full((n, 3, size, size), 0.1)
+    at = torch.randint(2, size - 6, (n, 2), generator=g)
+    colour = torch.rand(n, 3, generator=g)
+    for i in range(n):
+        r, c = at[i].tolist()
+        patch = colour[i, :, None, None].expand(3, 4, 4)
+        if noisy:
+            patch = (patch + 0.3 * torch.randn(3, 4, 4, generator=g)).clamp(0, 1)
+        x[i, :, r : r + 4, c : c + 4] = patch
+    return x, at + 1.5  # the square's centre
+
+
+def test_splice_moves_the_donor_onto_the_host_subject_inside_the_window_only():
+    g = torch.Generator().manual_seed(0)
+    hosts, at = _squares(6, g)
+    donors, _ = _squares(6, g, noisy=True)
+    torch.testing.assert_close(forensics.subject_centre(hosts), at.float(), atol=0.01, rtol=0)
+    shifted = move(hosts, torch.tensor([[2, -1]] * 6))
+    torch.testing.assert_close(shifted[..., 4:12, 4:12], hosts[..., 2:10, 5:13])
+    hard = forensics.window_mask(at, (16, 16), half=4)
+    assert hard.shape == (6, 1, 16, 16) and torch.equal(hard.sum((1, 2, 3)), torch.full((6,), 64.0))
+    edge = forensics.window_mask(torch.tensor([[0.0, 15.0]]), (16, 16), half=4)
+    assert edge.sum() == 64 and edge[0, 0, :8, 8:].sum() == 64  # kept inside the frame
+    soft = forensics.window_mask(at, (16, 16), half=4, feather=1.5)
+    assert 0 <= soft.min() and soft.max() <= 1 and ((soft > 0) & (soft < 1)).sum() > ((hard > 0) & (hard < 1)).sum()
+    forged = forensics.splice(hosts, donors, half=4)
+    torch.testing.assert_close(forged * (1 - hard), hosts * (1 - hard))  # outside the window: the host, untouched
+    assert not torch.allclose(forged, hosts)
+    with pytest.raises(ValueError, match="same shape"):
+        forensics.splice(hosts, donors[:3])
+
+
+def test_forgery_detector_learns_to_spot_a_splice():
+    g = torch.Generator().manual_seed(0)
+    real, _ = _squares(300, g)
+    donors, _ = _squares(300, g, noisy=True)
+
+    def forge(hosts, gen):
+        pick = torch.randint(0, len(donors), (len(hosts),), generator=gen)
+        return forensics.splice(hosts, donors[pick], half=4, feather=1.0)
+
+    torch.manual_seed(0)
+    det, losses = forensics.forgery_detector(real[:200], forge, steps=100, batch=32, lr=5e-3, generator=g, width=16)
+    test_real, test_fake = real[200:], forge(real[200:], g)
+    scores = forensics.forgery_scores(det, torch.cat([test_real, test_fake]))
+    labels = torch.cat([torch.zeros(100), torch.ones(100)])
+    auc = (scores[labels == 1][:, None] > scores[labels == 0][None, :]).float().mean().item()
+    assert auc > 0.9 and sum(losses[-10:]) / 10 < losses[0], (auc, losses[0], losses[-1])
+    assert scores.shape == (200,)
+    with pytest.raises(ValueError, match="two real"):
+        forensics.forgery_detector(real[:1], forge, steps=1)

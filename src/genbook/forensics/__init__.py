@@ -1,8 +1,10 @@
 """Fake images, detection and watermarking (chapter 9): spectral artifacts and a detector on them, copy-move
-detection, PRNU camera fingerprints on simulated sensors, DIRE, and invisible watermarks with a signed decoder."""
+detection, PRNU camera fingerprints on simulated sensors, DIRE, invisible watermarks with a signed decoder (tested
+under JPEG-like compression), and splice-and-blend forgeries with a detector for them."""
 
 from genbook.forensics.copy_move import CopyMoveResult, copy_move
 from genbook.forensics.dire import dire, reconstruct
+from genbook.forensics.jpeg import jpeg, quant_table
 from genbook.forensics.prnu import Camera, cameras, correlation, fingerprint, residual, scenes
 from genbook.forensics.spectrum import (
     azimuthal_spectrum,
@@ -12,8 +14,17 @@ from genbook.forensics.spectrum import (
     spectral_loss,
     spectrum_detector,
 )
+from genbook.forensics.splice import (
+    SpliceDetector,
+    forgery_detector,
+    forgery_scores,
+    splice,
+    subject_centre,
+    window_mask,
+)
 from genbook.forensics.watermark import (
     DISTORTIONS,
+    TRAINED_DISTORTIONS,
     WatermarkEncoder,
     WatermarkExtractor,
     binomial_fpr,
@@ -27,8 +38,10 @@ from genbook.forensics.watermark import (
 
 __all__ = [
     "DISTORTIONS",
+    "TRAINED_DISTORTIONS",
     "Camera",
     "CopyMoveResult",
+    "SpliceDetector",
     "WatermarkEncoder",
     "WatermarkExtractor",
     "azimuthal_spectrum",
@@ -42,8 +55,12 @@ __all__ = [
     "distort",
     "embed",
     "fingerprint",
+    "forgery_detector",
+    "forgery_scores",
+    "jpeg",
     "mean_spectrum",
     "message_loss",
+    "quant_table",
     "random_distortion",
     "reconstruct",
     "residual",
@@ -51,5 +68,8 @@ __all__ = [
     "scenes",
     "signature_loss",
     "spectral_loss",
+    "splice",
     "spectrum_detector",
+    "subject_centre",
+    "window_mask",
 ]

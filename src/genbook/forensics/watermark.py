@@ -5,7 +5,7 @@
 | ``m``        | a message of K bits in {0, 1}, (B, K) |
 | ``delta``    | the encoder's residual W_E(x, m), the size of the image |
 | ``x_w``      | the watermarked image x + alpha * delta (eq. 133) |
-| ``T``        | a random distortion: crop, noise, blur or brightness (eq. 134) |
+| ``T``        | a random distortion: crop, noise, blur or brightness (eq. 134); JPEG is tested, not trained |
 | ``W``        | the extractor: image -> K logits, one per bit |
 
 Stage one trains an encoder and an extractor together so that the bits survive the distortions. Stage two throws
@@ -23,9 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genbook.forensics.jpeg import jpeg
 from genbook.metrics import gaussian_blur
 
-DISTORTIONS = ("none", "crop", "noise", "blur", "brightness")
+TRAINED_DISTORTIONS = ("none", "crop", "noise", "blur", "brightness")  # what random_distortion draws from
+DISTORTIONS = (*TRAINED_DISTORTIONS, "jpeg")
 
 
 class WatermarkEncoder(nn.Module):
@@ -72,7 +74,8 @@ def distort(x: torch.Tensor, kind: str, strength: float, generator: torch.Genera
     """T(x) of eq. 134 on a batch (B, C, H, W) in [0, 1], keeping its size: "crop" keeps a random window of
     ``strength`` of each side (one window for the batch) and scales it back up to H x W, as a platform reframing an
     image would; "noise" adds Gaussian noise of std ``strength``; "blur" blurs with std ``strength`` pixels;
-    "brightness" multiplies by ``strength``; "none" returns x."""
+    "brightness" multiplies by ``strength``; "jpeg" compresses at quality ``strength`` (1-100, :func:`jpeg`, with
+    straight-through rounding so that gradients pass); "none" returns x."""
     if kind == "none":
         return x
     if kind == "crop":
@@ -87,12 +90,15 @@ def distort(x: torch.Tensor, kind: str, strength: float, generator: torch.Genera
         return gaussian_blur(x, strength)
     if kind == "brightness":
         return (x * strength).clamp(0, 1)
+    if kind == "jpeg":
+        return jpeg(x, int(strength), straight_through=True)
     raise ValueError(f"unknown distortion {kind!r}; choose one of {DISTORTIONS}")
 
 
 def random_distortion(x: torch.Tensor, rng: random.Random, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One distortion for the whole batch, of a random kind and strength (the training augmentations)."""
-    kind = rng.choice(DISTORTIONS)
+    """One distortion for the whole batch, of a random kind and strength (the training augmentations: every kind of
+    ``TRAINED_DISTORTIONS``; JPEG is left out, so that chapter 9 can test a distortion the mark never saw)."""
+    kind = rng.choice(TRAINED_DISTORTIONS)
     strength = {"none": 0.0, "crop": rng.uniform(0.5, 1.0), "noise": rng.uniform(0.0, 0.08),
                 "blur": rng.uniform(0.3, 1.0), "brightness": rng.uniform(0.7, 1.3)}[kind]  # fmt: skip
     return distort(x, kind, strength, generator)
@@ -141,6 +147,7 @@ def signature_loss(
 
 __all__ = [
     "DISTORTIONS",
+    "TRAINED_DISTORTIONS",
     "WatermarkEncoder",
     "WatermarkExtractor",
     "binomial_fpr",
