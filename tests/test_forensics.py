@@ -221,8 +221,10 @@ def test_jpeg_agrees_with_pillow_and_loses_more_at_lower_quality():
     xs = (0.25 + 0.5 * x).requires_grad_()  # mid-range, so that no clamp cuts the gradient
     forensics.distort(xs, "jpeg", 50).sum().backward()  # straight-through: the gradient of the identity
     torch.testing.assert_close(xs.grad, torch.ones_like(xs), atol=1e-4, rtol=0)
-    with pytest.raises(ValueError, match="quality"):
-        forensics.jpeg(x, 0)
+    torch.testing.assert_close(forensics.jpeg(x, np.int64(50)), forensics.jpeg(x, 50))
+    for bad in (0, 101, 50.0, True):
+        with pytest.raises(ValueError, match="quality"):
+            forensics.jpeg(x, bad)
     with pytest.raises(ValueError, match="C = 1 or 3"):
         forensics.jpeg(torch.rand(2, 2, 8, 8), 50)
 
@@ -259,6 +261,10 @@ def test_splice_moves_the_donor_onto_the_host_subject_inside_the_window_only():
     assert not torch.allclose(forged, hosts)
     with pytest.raises(ValueError, match="same shape"):
         forensics.splice(hosts, donors[:3])
+    with pytest.raises(ValueError, match="must fit"):
+        forensics.window_mask(at, (16, 16), half=9)
+    odd = forensics.window_mask(torch.tensor([[4.5, 5.5]]), (16, 16), half=2)[0, 0]
+    assert odd[3:7, 4:8].sum() == 16  # centred on (4.5, 5.5), whatever the parity
 
 
 def test_forgery_detector_learns_to_spot_a_splice():
@@ -271,7 +277,7 @@ def test_forgery_detector_learns_to_spot_a_splice():
         return forensics.splice(hosts, donors[pick], half=4, feather=1.0)
 
     torch.manual_seed(0)
-    det, losses = forensics.forgery_detector(real[:200], forge, steps=100, batch=32, lr=5e-3, generator=g, width=16)
+    det, losses = forensics.forgery_detector(real[:200], forge, steps=150, batch=32, lr=2e-3, generator=g, width=16)
     test_real, test_fake = real[200:], forge(real[200:], g)
     scores = forensics.forgery_scores(det, torch.cat([test_real, test_fake]))
     labels = torch.cat([torch.zeros(100), torch.ones(100)])

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genbook.metrics import gaussian_blur
+from genbook.runtime import training_loop
 
 
 def subject_centre(images: torch.Tensor) -> torch.Tensor:
@@ -42,10 +43,13 @@ def subject_centre(images: torch.Tensor) -> torch.Tensor:
 
 def window_mask(centres: torch.Tensor, size: tuple[int, int], half: int = 4, feather: float = 0.0) -> torch.Tensor:
     """(N, 2) centres -> (N, 1, H, W) blending masks: 1 on the 2 * half x 2 * half window around each centre (kept
-    inside the frame), 0 elsewhere; ``feather`` > 0 blurs the mask's edge with a Gaussian of that std in pixels."""
+    inside the frame), 0 elsewhere; ``feather`` > 0 blurs the mask's edge with a Gaussian of that std in pixels.
+    The window's rows are floor(c + 1) - half ... floor(c + 1) + half - 1, centred on c to within half a pixel."""
     h, w = size
-    top = (centres[:, 0].round().long() - half).clamp(0, h - 2 * half)
-    left = (centres[:, 1].round().long() - half).clamp(0, w - 2 * half)
+    if not 1 <= 2 * half <= min(h, w):
+        raise ValueError(f"the window (2 * half = {2 * half} pixels) must fit in the {h} x {w} frame; choose a smaller half")
+    top = ((centres[:, 0] + 1).floor().long() - half).clamp(0, h - 2 * half)
+    left = ((centres[:, 1] + 1).floor().long() - half).clamp(0, w - 2 * half)
     rows = torch.arange(h, device=centres.device)[None, :, None]
     cols = torch.arange(w, device=centres.device)[None, None, :]
     inside = (rows >= top[:, None, None]) & (rows < top[:, None, None] + 2 * half)
@@ -103,7 +107,8 @@ def forgery_detector(
 ) -> tuple[SpliceDetector, list[float]]:
     """Train a ``SpliceDetector`` on ``real`` pictures (N, C, H, W) against forgeries: each step draws ``batch``
     real pictures and ``batch`` others, which ``forge(hosts, generator)`` turns into forgeries (so forgeries are
-    made fresh for every batch). Binary cross-entropy, Adam; returns the detector (in eval mode) and the losses."""
+    made fresh for every batch). Binary cross-entropy, Adam; returns the detector (in eval mode) and the losses.
+    In smoke mode (``GENBOOK_SMOKE=1``) the loop runs a few steps, like every training loop of the book."""
     if len(real) < 2:
         raise ValueError("forgery_detector needs at least two real pictures")
     g = generator if generator is not None else torch.Generator().manual_seed(0)
@@ -111,14 +116,20 @@ def forgery_detector(
     opt = torch.optim.Adam(det.parameters(), lr=lr)
     labels = torch.cat([torch.zeros(batch), torch.ones(batch)]).to(real.device)
     losses = []
-    for _ in range(steps):
-        pick = torch.randint(0, len(real), (2 * batch,), generator=g).to(real.device)
-        x = torch.cat([real[pick[:batch]], forge(real[pick[batch:]], g)])
-        loss = F.binary_cross_entropy_with_logits(det(x), labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    run = training_loop(steps, "splice detector")
+    try:
+        for step in range(run.steps):
+            run.begin(step)
+            pick = torch.randint(0, len(real), (2 * batch,), generator=g).to(real.device)
+            x = torch.cat([real[pick[:batch]], forge(real[pick[batch:]], g)])
+            loss = F.binary_cross_entropy_with_logits(det(x), labels)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            run.end(step)
+    finally:
+        run.close()
     return det.eval(), losses
 
 

@@ -74,7 +74,7 @@ def distort(x: torch.Tensor, kind: str, strength: float, generator: torch.Genera
     """T(x) of eq. 134 on a batch (B, C, H, W) in [0, 1], keeping its size: "crop" keeps a random window of
     ``strength`` of each side (one window for the batch) and scales it back up to H x W, as a platform reframing an
     image would; "noise" adds Gaussian noise of std ``strength``; "blur" blurs with std ``strength`` pixels;
-    "brightness" multiplies by ``strength``; "jpeg" compresses at quality ``strength`` (1-100, :func:`jpeg`, with
+    "brightness" multiplies by ``strength``; "jpeg" compresses at quality ``strength`` (1-100, rounded; :func:`jpeg`, with
     straight-through rounding so that gradients pass); "none" returns x."""
     if kind == "none":
         return x
@@ -91,7 +91,7 @@ def distort(x: torch.Tensor, kind: str, strength: float, generator: torch.Genera
     if kind == "brightness":
         return (x * strength).clamp(0, 1)
     if kind == "jpeg":
-        return jpeg(x, int(strength), straight_through=True)
+        return jpeg(x, round(strength), straight_through=True)
     raise ValueError(f"unknown distortion {kind!r}; choose one of {DISTORTIONS}")
 
 
