@@ -31,7 +31,7 @@ from genbook.runtime import training_loop
 def subject_centre(images: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) -> (N, 2) the (row, column) of each picture's subject: the centroid of the squared distance of
     each pixel from the mean colour of the picture's border (the background), in pixels."""
-    n, _, h, w = images.shape
+    h, w = images.shape[-2:]
     border = torch.cat([images[..., 0, :], images[..., -1, :], images[..., 1:-1, 0], images[..., 1:-1, -1]], -1)
     weight = (images - border.mean(-1)[..., None, None]).pow(2).sum(1)  # (N, H, W)
     weight = weight + 1e-8  # a blank picture: the centre of the frame
