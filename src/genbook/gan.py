@@ -339,12 +339,32 @@ class StyleGenerator(nn.Module):
 
     8x8 output: const 2x2 -> 4x4 -> 8x8, three AdaIN layers. ``forward(z, z_mix, crossover)`` uses w(z)
     for layers before ``crossover`` and w(z_mix) from it on: style mixing. Shapes: z (B, z_dim) -> (B, C, 8, 8).
+
+    The mapping network's linear layers start from He initialization for the LeakyReLU (zero biases), so that
+    w varies across z as much as z does. StyleGAN gets the same from its equalized learning rate; PyTorch's
+    default ``nn.Linear`` init shrinks the spread by about sqrt(3) per layer (``mapping_init="default"`` keeps
+    it, for chapter 3's measurement), and then every style starts out nearly the same for every z.
     """
 
-    def __init__(self, z_dim: int = 32, w_dim: int = 32, channels: int = 1, width: int = 64, mapping_layers: int = 4):
+    def __init__(
+        self,
+        z_dim: int = 32,
+        w_dim: int = 32,
+        channels: int = 1,
+        width: int = 64,
+        mapping_layers: int = 4,
+        mapping_init: str = "he",
+    ):
         super().__init__()
+        if mapping_init not in ("he", "default"):
+            raise ValueError(f"unknown mapping_init {mapping_init!r}; use 'he' (StyleGAN's spread) or 'default' (PyTorch's)")
         self.z_dim = z_dim
         self.mapping = MLP(z_dim, w_dim, (w_dim,) * (mapping_layers - 1), act=lambda: nn.LeakyReLU(0.2))
+        if mapping_init == "he":
+            for layer in self.mapping.net:
+                if isinstance(layer, nn.Linear):
+                    nn.init.kaiming_normal_(layer.weight, a=0.2, nonlinearity="leaky_relu")
+                    nn.init.zeros_(layer.bias)
         self.const = nn.Parameter(torch.randn(1, width, 2, 2))
         chans = [width, width, width // 2, width // 4]  # const, then one conv per resolution 2, 4, 8
         self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in zip(chans[:-1], chans[1:]))
