@@ -1,4 +1,4 @@
-"""genbook.compare: every family on one table (chapter 10)."""
+"""genbook.compare: every family on one table (chapter 11)."""
 
 import pytest
 import torch

@@ -663,7 +663,7 @@ def _heun_evaluations(fn: Callable) -> None:
         raise ExerciseError(f"heun with 5 steps called v_fn {len(calls)} times; Heun's method costs two evaluations per step (10)")
 
 
-# ----------------------------------------------------------------------------- chapter 8: video
+# ----------------------------------------------------------------------------- chapter 9: video
 
 
 def _video_h(seed: int, b: int = 2, t: int = 3, c: int = 4, hh: int = 2, ww: int = 3) -> tuple:
@@ -716,7 +716,7 @@ _ACC_DIAG = (
 )
 
 
-# ----------------------------------------------------------------------------- chapter 9: forensics
+# ----------------------------------------------------------------------------- chapter 10: forensics
 
 
 def _images(seed: int, n: int = 3, c: int = 1, size: int = 8) -> torch.Tensor:
@@ -775,7 +775,7 @@ def _fpr_bad_threshold(fn: Callable) -> None:
     _raises(fn, (8, 9), "binomial_fpr", ValueError, "a threshold above the number of bits is a mistake the caller should hear about")
 
 
-# ----------------------------------------------------------------------------- chapter 10: one table
+# ----------------------------------------------------------------------------- chapter 11: one table
 
 
 _DEQ = dict(function="dequantized_nll", rtol=1e-5, atol=1e-4)
@@ -815,7 +815,7 @@ def _pr_self(real, fake, k):
     return (d <= radius(real)[None]).any(1).double().mean().item(), (d.T <= radius(fake)[None]).any(1).double().mean().item()
 
 
-# ----------------------------------------------------------------------------- chapter 11: text to image
+# ----------------------------------------------------------------------------- chapter 8: text to image
 
 
 def _emb(seed: int, b: int = 6, d: int = 8, match: float = 0.0):
@@ -1248,7 +1248,7 @@ def _exercises() -> tuple[Exercise, ...]:
             "Euler",
         ),
         Exercise(
-            "8.1",
+            "9.1",
             "frames_to_sequences",
             "frames to sequences over time",
             (
@@ -1260,7 +1260,7 @@ def _exercises() -> tuple[Exercise, ...]:
             "clip-major",
         ),
         Exercise(
-            "8.2",
+            "9.2",
             "acceleration",
             "the acceleration of a track",
             (
@@ -1285,7 +1285,7 @@ def _exercises() -> tuple[Exercise, ...]:
             "not the squared length",
         ),
         Exercise(
-            "9.1",
+            "10.1",
             "ring_power",
             "the azimuthally averaged power spectrum",
             (
@@ -1318,7 +1318,7 @@ def _exercises() -> tuple[Exercise, ...]:
             "squared magnitude",
         ),
         Exercise(
-            "9.2",
+            "10.2",
             "binomial_fpr",
             "the false-positive rate of a bit watermark",
             (
@@ -1332,7 +1332,7 @@ def _exercises() -> tuple[Exercise, ...]:
             "off by one",
         ),
         Exercise(
-            "10.1",
+            "11.1",
             "dequantized_nll",
             "a density's NLL on the discrete table",
             (
@@ -1349,7 +1349,7 @@ def _exercises() -> tuple[Exercise, ...]:
             "add D log K",
         ),
         Exercise(
-            "10.2",
+            "11.2",
             "precision_recall",
             "improved precision and recall",
             (
@@ -1369,7 +1369,7 @@ def _exercises() -> tuple[Exercise, ...]:
             "swapped",
         ),
         Exercise(
-            "11.1",
+            "8.1",
             "clip_loss",
             "CLIP's symmetric contrastive loss",
             (
@@ -1401,7 +1401,7 @@ def _exercises() -> tuple[Exercise, ...]:
             "symmetric",
         ),
         Exercise(
-            "11.2",
+            "8.2",
             "masked_attention",
             "attention that ignores padding",
             (
