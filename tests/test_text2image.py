@@ -32,25 +32,27 @@ def test_held_out_pairs_never_reach_the_training_split_and_fill_the_novel_one():
     assert torch.equal(again.images, train.images) and again.captions == train.captions  # a seed gives one dataset
 
 
+def describes(shapes, i, caption) -> bool:
+    """Whether ``caption`` names the colours and shapes of scene ``i`` in their slots, its place or relation."""
+    words = caption.split()
+    colours = [COLOUR_NAMES[w] for w in words if w in COLOUR_NAMES]
+    forms = [SHAPE_NAMES[w] for w in words if w in SHAPE_NAMES]
+    layout = int(shapes.layout[i])
+    slots = 2 if layout >= 4 else 1
+    if not len(colours) == len(forms) == slots:
+        return False
+    if slots == 1:
+        return (colours[0], forms[0]) == (int(shapes.colour[i, 0]), int(shapes.shape[i, 0])) and data.LAYOUTS[layout] in words
+    horizontal = "left" in words or "right" in words
+    first_is_slot0 = any(w in words for w in ("left", "above", "over"))  # "A left of B": A is the left shape
+    named = [(colours[0], forms[0]), (colours[1], forms[1])]
+    actual = [(int(shapes.colour[i, s]), int(shapes.shape[i, s])) for s in range(2)]
+    return horizontal == (layout == 4) and named == (actual if first_is_slot0 else actual[::-1])
+
+
 def test_captions_name_the_shapes_in_their_images(shapes):
     for i, caption in enumerate(shapes.captions):
-        words = caption.split()
-        colours = [COLOUR_NAMES[w] for w in words if w in COLOUR_NAMES]
-        forms = [SHAPE_NAMES[w] for w in words if w in SHAPE_NAMES]
-        layout = int(shapes.layout[i])
-        slots = 2 if layout >= 4 else 1
-        assert len(colours) == len(forms) == slots, caption
-        if slots == 1:
-            assert (colours[0], forms[0]) == (int(shapes.colour[i, 0]), int(shapes.shape[i, 0])), caption
-            place = data.LAYOUTS[layout]
-            assert place in words, caption
-            continue
-        horizontal = "left" in words or "right" in words
-        assert horizontal == (layout == 4), caption
-        first_is_slot0 = any(w in words for w in ("left", "above", "over"))  # "A left of B": A is the left shape
-        named = [(colours[0], forms[0]), (colours[1], forms[1])]
-        actual = [(int(shapes.colour[i, s]), int(shapes.shape[i, s])) for s in range(2)]
-        assert named == (actual if first_is_slot0 else actual[::-1]), caption
+        assert describes(shapes, i, caption), caption
     one = ~shapes.pairs
     assert (shapes.colour[one, 1] == -1).all() and (shapes.colour[~one, 1] >= 0).all()
 
@@ -257,3 +259,40 @@ def test_clip_guidance_follows_the_gradient_of_the_similarity():
         before = (clip.embed_images(z, t) * clip.embed_text(y)).sum(1)
         after = (clip.embed_images(z + 1e-2 * grad, t) * clip.embed_text(y)).sum(1)
     assert (after > before).all()
+
+
+def test_caption_scenes_writes_what_the_factors_say(shapes):
+    captions = data.caption_scenes(shapes.layout, shapes.colour, shapes.shape, shapes.size, seed=5)
+    assert all(describes(shapes, i, c) for i, c in enumerate(captions))
+    assert captions != shapes.captions  # other synonyms and word orders from another seed
+    with pytest.raises(ValueError, match="one layout"):
+        data.caption_scenes(shapes.layout[:3], shapes.colour, shapes.shape, shapes.size)
+
+
+def test_vague_captions_drop_and_corrupt_words_at_the_rates_asked(shapes):
+    vocab = t2i.Vocabulary()
+    full = data.vague_captions(shapes, mention=1.0, wrong=0.0, seed=1)
+    assert all(describes(shapes, i, c) for i, c in enumerate(full))  # nothing dropped, nothing wrong
+    vocab.encode(full)  # every word is in the vocabulary
+    bare = data.vague_captions(shapes, mention=0.0, seed=1)
+    assert all(len(c.split()) == 2 and c.split()[1] in SHAPE_NAMES for c in bare)  # "a circle"
+    one = torch.nonzero(~shapes.pairs).flatten().tolist()
+    lying = data.vague_captions(shapes, mention=1.0, wrong=1.0, seed=1)
+    for i in one:  # every colour named is another one
+        named = [COLOUR_NAMES[w] for w in lying[i].split() if w in COLOUR_NAMES]
+        assert len(named) == 1 and named[0] != int(shapes.colour[i, 0]), lying[i]
+    default = data.vague_captions(shapes, seed=2)
+    coloured = sum(any(w in COLOUR_NAMES for w in default[i].split()) for i in one) / len(one)
+    assert 0.2 < coloured < 0.4  # mention = 0.3
+    wrong = [i for i in one if any(COLOUR_NAMES.get(w, -1) not in (-1, int(shapes.colour[i, 0])) for w in default[i].split())]
+    assert 0.03 < len(wrong) / len(one) < 0.18  # 0.3 x 0.3 = 0.09
+    with pytest.raises(ValueError, match="probabilities"):
+        data.vague_captions(shapes, mention=1.5)
+
+
+def test_recaption_writes_what_its_reader_sees():
+    real = data.captioned_shapes(200, "all", seed=12)
+    captions = t2i.recaption(t2i.attribute_classifier(), real.images, seed=3)  # the ruler as a near-perfect captioner
+    assert sum(describes(real, i, c) for i, c in enumerate(captions)) >= 0.95 * len(real)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        t2i.train_captioner(real.subset(slice(0, 10)), batch=64)

@@ -489,6 +489,117 @@ def captioned_shapes(n: int, split: str = "train", seed: int = 0, size: int = 16
     return CaptionedShapes(images, captions, layout, colour, shape, scale)
 
 
+def caption_scenes(layout: torch.Tensor, colour: torch.Tensor, shape: torch.Tensor, size: torch.Tensor, seed: int = 0) -> list[str]:
+    """Captions from the grammar (synonyms and word order drawn from ``seed``) for scenes given by their factors:
+    ``layout`` (N,), per-slot ``colour``, ``shape``, ``size`` (N, 2) as in ``CaptionedShapes`` (slot 1 is ignored
+    where the layout holds one shape). A captioner that reads the factors off an image writes its caption with this."""
+    if not (len(layout) == len(colour) == len(shape) == len(size)):
+        raise ValueError(f"one layout and one (colour, shape, size) per scene: got {len(layout)}, {len(colour)}, {len(shape)}, {len(size)}")
+    g = torch.Generator().manual_seed(seed)
+    return [_caption(int(layout[i]), colour[i].tolist(), shape[i].tolist(), size[i].tolist(), g) for i in range(len(layout))]
+
+
+def read_caption(caption: str) -> dict[str, list[int] | int]:
+    """What a caption of the grammar says, as factors: "layout" (an index into ``LAYOUTS``, -1 where the caption
+    does not say), and per slot "colour", "shape", "size" (lists of two, -1 where not said; slot 0 is the left or
+    upper shape, as in ``CaptionedShapes``). The inverse of the grammar, for counting what captions get right."""
+    words = caption.lower().split()
+    colours = {w: i for i, group in enumerate(_COLOUR_WORDS) for w in group}
+    forms = {w: i for i, group in enumerate(_SHAPE_WORDS) for w in group}
+    sizes = {w: i for i, group in enumerate(_SIZE_WORDS) for w in group}
+    starts = [i for i, w in enumerate(words) if w == "a"] + [len(words)]
+    objects = []
+    for a, b in zip(starts, starts[1:]):
+        span = words[a:b]
+        objects.append(
+            (
+                next((colours[w] for w in span if w in colours), -1),
+                next((forms[w] for w in span if w in forms), -1),
+                next((sizes[w] for w in span if w in sizes), -1),
+            )
+        )
+    out = {"layout": -1, "colour": [-1, -1], "shape": [-1, -1], "size": [-1, -1]}
+    if len(objects) == 2:
+        relation = next((w for w in words if w in ("left", "right", "above", "over", "below", "under")), None)
+        if relation is None:
+            return out
+        out["layout"] = 4 if relation in ("left", "right") else 5
+        if relation in ("right", "below", "under"):  # the first-named shape is in slot 1
+            objects = objects[::-1]
+    elif len(objects) == 1:
+        place = next((w for w in words if w in ("left", "right", "top", "bottom")), None)
+        out["layout"] = -1 if place is None else ("left", "right", "top", "bottom").index(place)
+    for slot, (c, f, z) in enumerate(objects[:2]):
+        out["colour"][slot], out["shape"][slot], out["size"][slot] = c, f, z
+    return out
+
+
+def caption_truth(captions: list[str], shapes: CaptionedShapes) -> dict[str, float]:
+    """How well ``captions`` describe ``shapes``, one per scene: for "place" (the layout: a single shape's place, or
+    the relation between two) and each named factor of each shape present, the share said and right, and the share
+    said and wrong (the rest is not said); "complete and right" is the share of captions that say every factor of
+    their scene correctly."""
+    if len(captions) != len(shapes):
+        raise ValueError(f"one caption per scene: got {len(captions)} captions for {len(shapes)} scenes")
+    read = [read_caption(c) for c in captions]
+    for i, r in enumerate(read):  # one shape named, nothing said of where: credit it to the slot it describes best
+        if r["layout"] < 0 and r["shape"][1] < 0 and int(shapes.layout[i]) >= 4:
+            fit = [sum(r[k][0] == int(getattr(shapes, k)[i, s]) for k in ("colour", "shape", "size")) for s in (0, 1)]
+            if fit[1] > fit[0]:
+                for k in ("colour", "shape", "size"):
+                    r[k] = r[k][::-1]
+    out: dict[str, float] = {}
+    layout = torch.tensor([r["layout"] for r in read])
+    out["place right"] = (layout == shapes.layout).float().mean().item()
+    out["place wrong"] = ((layout >= 0) & (layout != shapes.layout)).float().mean().item()
+    every = layout == shapes.layout
+    for name in ("colour", "shape", "size"):
+        said = torch.tensor([r[name] for r in read])  # (N, 2)
+        true = getattr(shapes, name)
+        present = true >= 0
+        out[f"{name} right"] = ((said == true) & present).sum().item() / present.sum().item()
+        out[f"{name} wrong"] = ((said >= 0) & (said != true) & present).sum().item() / present.sum().item()
+        every &= ((said == true) | ~present).all(1)
+    out["complete and right"] = every.float().mean().item()
+    return out
+
+
+def vague_captions(shapes: CaptionedShapes, mention: float = 0.3, wrong: float = 0.3, seed: int = 0) -> list[str]:
+    """Captions like scraped alt text: every shape is named by its noun, but its size and colour words, the place of a
+    single shape and the relation between two are each kept with probability ``mention`` (a two-shape caption without
+    its relation names one of the two shapes only), and a colour that is kept is the wrong one with probability
+    ``wrong``. Every word is from the grammar's vocabulary. Text-to-image: "captions matter"."""
+    if not (0 <= mention <= 1 and 0 <= wrong <= 1):
+        raise ValueError(f"mention and wrong are probabilities, got {mention} and {wrong}")
+    g = torch.Generator().manual_seed(seed)
+    coin = lambda p: torch.rand(1, generator=g).item() < p  # noqa: E731
+    pick = lambda options: options[int(torch.randint(len(options), (1,), generator=g))]  # noqa: E731
+
+    def name(colour: int, shape: int, size: int) -> str:
+        words = ["a"]
+        if coin(mention):
+            words.append(pick(_SIZE_WORDS[size]))
+        if coin(mention):
+            if coin(wrong):
+                colour = (colour + 1 + int(torch.randint(len(COLOURS) - 1, (1,), generator=g))) % len(COLOURS)
+            words.append(pick(_COLOUR_WORDS[colour]))
+        return " ".join([*words, pick(_SHAPE_WORDS[shape])])
+
+    out = []
+    for i in range(len(shapes)):
+        layout, colour, shape, size = int(shapes.layout[i]), shapes.colour[i].tolist(), shapes.shape[i].tolist(), shapes.size[i].tolist()
+        if layout < 4:
+            first = name(colour[0], shape[0], size[0])
+            out.append(f"{first} {pick(_PLACE_WORDS[layout])}" if coin(mention) else first)
+        elif coin(mention):
+            relation = "left of" if layout == 4 else "above"
+            out.append(f"{name(colour[0], shape[0], size[0])} {pick(_RELATION_WORDS[relation])} {name(colour[1], shape[1], size[1])}")
+        else:
+            s = int(torch.randint(2, (1,), generator=g))
+            out.append(name(colour[s], shape[s], size[s]))
+    return out
+
+
 # ----------------------------------------------------------------------------- batches
 
 

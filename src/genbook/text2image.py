@@ -25,6 +25,8 @@ from genbook.nets.dit import _modulate
 from genbook.nets.embeddings import SinusoidalEmbedding
 from genbook.nets.transformer import TransformerBlock, attend
 
+from genbook.train import History, fit
+
 # ----------------------------------------------------------------------------- tokens
 
 
@@ -379,6 +381,30 @@ def train_attribute_classifier(recipe: dict | None = None) -> AttributeClassifie
             loss.backward()
             opt.step()
     return model.eval().requires_grad_(False)
+
+
+def train_captioner(
+    labelled: data.CaptionedShapes, steps: int = 1500, batch: int = 64, lr: float = 2e-3, width: int = 32, seed: int = 0
+) -> tuple[AttributeClassifier, History]:
+    """DALL-E 3's captioner at toy scale: an attribute classifier trained on a small set of correctly labelled images
+    (``labelled``: their factors are the labels), whose readings :func:`recaption` turns into captions. It has the
+    ruler's architecture but none of its training data or weights. Returns the model and ``fit``'s history."""
+    if len(labelled) < batch:
+        raise ValueError(f"the labelled set has {len(labelled)} images, fewer than one batch of {batch}")
+    f = _factors(labelled)
+    dev = labelled.images.device
+    batches = data.Batches(labelled.images, *(f[k].to(dev) for k in ("layout", "colour", "shape", "size")), batch_size=batch, seed=seed)
+    loss = lambda m, b: attribute_loss(m, b[0], dict(zip(("layout", "colour", "shape", "size"), b[1:])))  # noqa: E731
+    torch.manual_seed(seed)
+    model = AttributeClassifier(width=width).to(dev)
+    hist = fit(model, loss, batches, steps=steps, lr=lr, desc="captioner")
+    return model.eval().requires_grad_(False), hist
+
+
+def recaption(captioner: AttributeClassifier, images: torch.Tensor, seed: int = 0) -> list[str]:
+    """Captions written from what ``captioner`` reads in ``images``: every factor named, in the grammar's words."""
+    f = read_attributes(captioner, images)
+    return data.caption_scenes(f["layout"], f["colour"], f["shape"], f["size"], seed=seed)
 
 
 def attribute_classifier(verbose: bool = False) -> AttributeClassifier:
