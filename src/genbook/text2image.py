@@ -24,7 +24,6 @@ from genbook import data, metrics, runtime
 from genbook.nets.dit import _modulate
 from genbook.nets.embeddings import SinusoidalEmbedding
 from genbook.nets.transformer import TransformerBlock, attend
-
 from genbook.train import History, fit
 
 # ----------------------------------------------------------------------------- tokens
