@@ -1,4 +1,4 @@
-"""genbook.compare: every family on one table (chapter 11)."""
+"""genbook.compare: every family on one table (chapter 12)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Chapter 10's forensics: spectra, copy-move, PRNU, DIRE and watermarks."""
+"""Chapter 11's forensics: spectra, copy-move, PRNU, DIRE and watermarks."""
 
 import copy
 import io

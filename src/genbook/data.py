@@ -534,6 +534,16 @@ def read_caption(caption: str) -> dict[str, list[int] | int]:
     return out
 
 
+def said_right_wrong(said: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """Of the slots that hold a shape (``true`` >= 0), the share whose factor a caption said right and the share it
+    said wrong, as a tensor [right, wrong]; -1 in ``said`` is "not said" (neither), -1 in ``true`` an empty slot."""
+    present = true >= 0
+    n = present.sum().clamp_min(1)
+    right = ((said == true) & present).sum() / n
+    wrong = ((said >= 0) & (said != true) & present).sum() / n
+    return torch.stack([right, wrong]).float()
+
+
 def caption_truth(captions: list[str], shapes: CaptionedShapes) -> dict[str, float]:
     """How well ``captions`` describe ``shapes``, one per scene: for "place" (the layout: a single shape's place, or
     the relation between two) and each named factor of each shape present, the share said and right, and the share
@@ -556,10 +566,8 @@ def caption_truth(captions: list[str], shapes: CaptionedShapes) -> dict[str, flo
     for name in ("colour", "shape", "size"):
         said = torch.tensor([r[name] for r in read])  # (N, 2)
         true = getattr(shapes, name)
-        present = true >= 0
-        out[f"{name} right"] = ((said == true) & present).sum().item() / present.sum().item()
-        out[f"{name} wrong"] = ((said >= 0) & (said != true) & present).sum().item() / present.sum().item()
-        every &= ((said == true) | ~present).all(1)
+        out[f"{name} right"], out[f"{name} wrong"] = said_right_wrong(said, true).tolist()
+        every &= ((said == true) | (true < 0)).all(1)
     out["complete and right"] = every.float().mean().item()
     return out
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genbook import autoregressive, gan, metrics, text2image, vae
+from genbook import autoregressive, data, gan, metrics, text2image, vae
 from genbook.diffusion import samplers, schedule
 from genbook.flow_matching import paths, solvers
 from genbook.flows import core as flow_core
@@ -663,7 +663,57 @@ def _heun_evaluations(fn: Callable) -> None:
         raise ExerciseError(f"heun with 5 steps called v_fn {len(calls)} times; Heun's method costs two evaluations per step (10)")
 
 
-# ----------------------------------------------------------------------------- chapter 9: video
+# ----------------------------------------------------------------------------- chapter 9: captions
+
+
+def _said_true(seed: int, n: int = 8, k: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    g = _g(seed)
+    true = torch.randint(0, k, (n, 2), generator=g)
+    true[: n // 2, 1] = -1  # one-shape scenes: slot 1 is empty
+    said = torch.where(torch.rand(n, 2, generator=g) < 0.6, true, torch.randint(0, k, (n, 2), generator=g))
+    said[torch.rand(n, 2, generator=g) < 0.3] = -1  # not said
+    said[true < 0] = torch.randint(-1, k, (int((true < 0).sum()),), generator=g)  # whatever it says of an empty slot
+    return said, true
+
+
+_SAID = dict(function="said_right_wrong", rtol=1e-5, atol=1e-6)
+_SAID_DIAG = (
+    (
+        lambda s, t: torch.stack([((s == t) & (t >= 0)).sum() / (t >= 0).sum(), ((s != t) & (t >= 0)).sum() / (t >= 0).sum()]).float(),
+        "a factor the caption does not say (-1) is neither right nor wrong: count as wrong only what it says (>= 0) and gets wrong",
+    ),
+    (
+        lambda s, t: torch.stack([((s == t) & (t >= 0)).sum() / t.numel(), ((s >= 0) & (s != t) & (t >= 0)).sum() / t.numel()]).float(),
+        "divide by the number of slots that hold a shape (true >= 0), not by every slot",
+    ),
+    (
+        lambda s, t: torch.stack([(s == t).sum() / (t >= 0).sum(), ((s >= 0) & (s != t) & (t >= 0)).sum() / (t >= 0).sum()]).float(),
+        "an empty slot (-1 in true) is not a right answer, even where the caption says nothing of it",
+    ),
+)
+
+_GUIDE = dict(function="guided_eps", rtol=1e-5, atol=1e-6)
+_GUIDE_DIAG = (
+    (
+        lambda c, u, w: w * c + (1 - w) * u,
+        "with w = 0 the answer must be the conditional prediction: (1 + w) eps_cond - w eps_uncond",
+    ),
+    (
+        lambda c, u, w: (1 + w) * u - w * c,
+        "eps_cond and eps_uncond are swapped: guidance moves away from the unconditional prediction",
+    ),
+    (
+        lambda c, u, w: c + w * u,
+        "guidance adds w times the difference eps_cond - eps_uncond to the conditional prediction",
+    ),
+)
+
+
+def _eps_pair(seed: int, w: float) -> tuple:
+    return _randn(2, 4, 3, 3, seed=seed), _randn(2, 4, 3, 3, seed=seed + 1), w
+
+
+# ----------------------------------------------------------------------------- chapter 10: video
 
 
 def _video_h(seed: int, b: int = 2, t: int = 3, c: int = 4, hh: int = 2, ww: int = 3) -> tuple:
@@ -716,7 +766,7 @@ _ACC_DIAG = (
 )
 
 
-# ----------------------------------------------------------------------------- chapter 10: forensics
+# ----------------------------------------------------------------------------- chapter 11: forensics
 
 
 def _images(seed: int, n: int = 3, c: int = 1, size: int = 8) -> torch.Tensor:
@@ -775,7 +825,7 @@ def _fpr_bad_threshold(fn: Callable) -> None:
     _raises(fn, (8, 9), "binomial_fpr", ValueError, "a threshold above the number of bits is a mistake the caller should hear about")
 
 
-# ----------------------------------------------------------------------------- chapter 11: one table
+# ----------------------------------------------------------------------------- chapter 12: one table
 
 
 _DEQ = dict(function="dequantized_nll", rtol=1e-5, atol=1e-4)
@@ -1249,6 +1299,32 @@ def _exercises() -> tuple[Exercise, ...]:
         ),
         Exercise(
             "9.1",
+            "said_right_wrong",
+            "what a caption says right and wrong",
+            (
+                c("eight scenes, four of one shape", lambda: _said_true(121), data.said_right_wrong, _SAID_DIAG, **_SAID),
+                c("nothing said", lambda: (torch.full((4, 2), -1), _said_true(122, n=4)[1]), data.said_right_wrong, _SAID_DIAG, **_SAID),
+                c("everything said right", lambda: (_said_true(123)[1],) * 2, data.said_right_wrong, _SAID_DIAG, hidden=True, **_SAID),
+                c("many scenes, three values", lambda: _said_true(124, n=40, k=3), data.said_right_wrong, _SAID_DIAG, hidden=True, **_SAID),
+            ),
+            _SAID_DIAG[0][0],
+            "neither right nor wrong",
+        ),
+        Exercise(
+            "9.2",
+            "guided_eps",
+            "classifier-free guidance's combination",
+            (
+                c("w = 2", lambda: _eps_pair(125, 2.0), samplers.guide, _GUIDE_DIAG, **_GUIDE),
+                c("w = 0 is the conditional model", lambda: _eps_pair(126, 0.0), samplers.guide, _GUIDE_DIAG, **_GUIDE),
+                c("w = 7.5", lambda: _eps_pair(127, 7.5), samplers.guide, _GUIDE_DIAG, hidden=True, **_GUIDE),
+                c("negative w", lambda: _eps_pair(128, -0.5), samplers.guide, _GUIDE_DIAG, hidden=True, **_GUIDE),
+            ),
+            _GUIDE_DIAG[0][0],
+            "conditional prediction",
+        ),
+        Exercise(
+            "10.1",
             "frames_to_sequences",
             "frames to sequences over time",
             (
@@ -1260,7 +1336,7 @@ def _exercises() -> tuple[Exercise, ...]:
             "clip-major",
         ),
         Exercise(
-            "9.2",
+            "10.2",
             "acceleration",
             "the acceleration of a track",
             (
@@ -1285,7 +1361,7 @@ def _exercises() -> tuple[Exercise, ...]:
             "not the squared length",
         ),
         Exercise(
-            "10.1",
+            "11.1",
             "ring_power",
             "the azimuthally averaged power spectrum",
             (
@@ -1318,7 +1394,7 @@ def _exercises() -> tuple[Exercise, ...]:
             "squared magnitude",
         ),
         Exercise(
-            "10.2",
+            "11.2",
             "binomial_fpr",
             "the false-positive rate of a bit watermark",
             (
@@ -1332,7 +1408,7 @@ def _exercises() -> tuple[Exercise, ...]:
             "off by one",
         ),
         Exercise(
-            "11.1",
+            "12.1",
             "dequantized_nll",
             "a density's NLL on the discrete table",
             (
@@ -1349,7 +1425,7 @@ def _exercises() -> tuple[Exercise, ...]:
             "add D log K",
         ),
         Exercise(
-            "11.2",
+            "12.2",
             "precision_recall",
             "improved precision and recall",
             (

@@ -383,7 +383,13 @@ def train_attribute_classifier(recipe: dict | None = None) -> AttributeClassifie
 
 
 def train_captioner(
-    labelled: data.CaptionedShapes, steps: int = 1500, batch: int = 64, lr: float = 2e-3, width: int = 32, seed: int = 0
+    labelled: data.CaptionedShapes,
+    steps: int = 1500,
+    batch: int = 64,
+    lr: float = 2e-3,
+    width: int = 32,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
 ) -> tuple[AttributeClassifier, History]:
     """DALL-E 3's captioner at toy scale: an attribute classifier trained on a small set of correctly labelled images
     (``labelled``: their factors are the labels), whose readings :func:`recaption` turns into captions. It has the
@@ -391,8 +397,10 @@ def train_captioner(
     if len(labelled) < batch:
         raise ValueError(f"the labelled set has {len(labelled)} images, fewer than one batch of {batch}")
     f = _factors(labelled)
-    dev = labelled.images.device
-    batches = data.Batches(labelled.images, *(f[k].to(dev) for k in ("layout", "colour", "shape", "size")), batch_size=batch, seed=seed)
+    dev = torch.device(device)
+    batches = data.Batches(
+        labelled.images.to(dev), *(f[k].to(dev) for k in ("layout", "colour", "shape", "size")), batch_size=batch, seed=seed
+    )
     loss = lambda m, b: attribute_loss(m, b[0], dict(zip(("layout", "colour", "shape", "size"), b[1:])))  # noqa: E731
     torch.manual_seed(seed)
     model = AttributeClassifier(width=width).to(dev)

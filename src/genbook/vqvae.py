@@ -13,7 +13,7 @@
 | ``prior``      | p_psi(c) = prod_i p_psi(c_i | c_<i) over the raster-ordered grid (survey eq. 27) |
 
 Stage 1 and stage 2 are the two halves of the survey's Box 2. Chapter 2 ("VQ-VAE") derives them;
-chapters 5, 6 and 9 reuse :meth:`VQVAE.encode_codes` and :meth:`VQVAE.decode_codes` as an image tokenizer.
+chapters 5, 6 and 10 reuse :meth:`VQVAE.encode_codes` and :meth:`VQVAE.decode_codes` as an image tokenizer.
 """
 
 from __future__ import annotations

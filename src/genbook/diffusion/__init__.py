@@ -16,6 +16,7 @@ from genbook.diffusion.samplers import (
     edm_heun_sample,
     edm_sigmas,
     eps_loss,
+    guide,
 )
 from genbook.diffusion.schedule import Schedule, cosine_alpha_bar, cosine_schedule, linear_schedule
 
@@ -23,6 +24,7 @@ __all__ = [
     "LatentNormalizer",
     "Schedule",
     "classifier_free",
+    "guide",
     "classifier_guided",
     "cosine_alpha_bar",
     "cosine_schedule",

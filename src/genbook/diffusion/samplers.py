@@ -154,7 +154,7 @@ def ddim_invert(
 ) -> torch.Tensor:
     """Run deterministic DDIM backwards, x_0 -> x_T, reusing eps_theta at the next step's time: the latent that
     ``ddim_sample(..., eta=0, x_T=...)`` maps back to (approximately) x0. ``clip_x0`` clips each x0 estimate as the
-    sampler does. Used by DIRE in chapter 10."""
+    sampler does. Used by DIRE in chapter 11."""
     taus = list(reversed(ddim_steps(sched.T, steps) if isinstance(steps, int) else list(steps)))  # increasing
     x = x0.clone()
     ab_prev = _alpha_bar_at(sched, -1, x0)  # clean data
@@ -170,6 +170,12 @@ def ddim_invert(
     return x
 
 
+def guide(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, w: float) -> torch.Tensor:
+    """Classifier-free guidance's combination (survey eq. 92): (1 + w) eps_cond - w eps_uncond; w = 0 is the
+    conditional prediction, and w > 0 moves away from the unconditional one."""
+    return (1 + w) * eps_cond - w * eps_uncond
+
+
 def classifier_free(eps_fn: EpsFn, w: float) -> EpsFn:
     """eps_tilde(x, t, c) = (1 + w) eps(x, t, c) - w eps(x, t, none) (survey eq. 92; Ho & Salimans 2022).
 
@@ -181,7 +187,7 @@ def classifier_free(eps_fn: EpsFn, w: float) -> EpsFn:
             return eps_fn(x, t, y)
         both = eps_fn(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, -1)]))
         cond, uncond = both.chunk(2)
-        return (1 + w) * cond - w * uncond
+        return guide(cond, uncond, w)
 
     return guided
 
