@@ -271,6 +271,8 @@ def test_caption_scenes_writes_what_the_factors_say(shapes):
 
 def test_vague_captions_drop_and_corrupt_words_at_the_rates_asked(shapes):
     vocab = t2i.Vocabulary()
+    words = {w for c in data.vague_captions(data.captioned_shapes(2000, seed=4), seed=4) for w in c.split()}
+    assert words == set(data.caption_words())  # the grammar's words and word orders: they say less, not otherwise
     full = data.vague_captions(shapes, mention=1.0, wrong=0.0, seed=1)
     assert all(describes(shapes, i, c) for i, c in enumerate(full))  # nothing dropped, nothing wrong
     vocab.encode(full)  # every word is in the vocabulary

@@ -568,15 +568,21 @@ def caption_truth(captions: list[str], shapes: CaptionedShapes) -> dict[str, flo
         true = getattr(shapes, name)
         out[f"{name} right"], out[f"{name} wrong"] = said_right_wrong(said, true).tolist()
         every &= ((said == true) | (true < 0)).all(1)
+    said_all = layout >= 0
+    for name in ("colour", "shape", "size"):
+        said = torch.tensor([r[name] for r in read])
+        said_all &= ((said >= 0) | (getattr(shapes, name) < 0)).all(1)
+    out["complete"] = said_all.float().mean().item()
     out["complete and right"] = every.float().mean().item()
     return out
 
 
 def vague_captions(shapes: CaptionedShapes, mention: float = 0.3, wrong: float = 0.3, seed: int = 0) -> list[str]:
-    """Captions like scraped alt text: every shape is named by its noun, but its size and colour words, the place of a
-    single shape and the relation between two are each kept with probability ``mention`` (a two-shape caption without
-    its relation names one of the two shapes only), and a colour that is kept is the wrong one with probability
-    ``wrong``. Every word is from the grammar's vocabulary. Text-to-image: "captions matter"."""
+    """Captions like scraped alt text, in the grammar's words and word orders (synonyms, "a red circle that is
+    small", the place first or last, either shape of a pair named first), but saying less: each named shape's size
+    and colour words, the place of a single shape and the relation between two are each kept with probability
+    ``mention`` (a two-shape caption without its relation names one of the two shapes only), and a colour that is
+    kept is the wrong one with probability ``wrong``. Text-to-image: "captions matter"."""
     if not (0 <= mention <= 1 and 0 <= wrong <= 1):
         raise ValueError(f"mention and wrong are probabilities, got {mention} and {wrong}")
     g = torch.Generator().manual_seed(seed)
@@ -584,24 +590,33 @@ def vague_captions(shapes: CaptionedShapes, mention: float = 0.3, wrong: float =
     pick = lambda options: options[int(torch.randint(len(options), (1,), generator=g))]  # noqa: E731
 
     def name(colour: int, shape: int, size: int) -> str:
-        words = ["a"]
-        if coin(mention):
-            words.append(pick(_SIZE_WORDS[size]))
+        noun = pick(_SHAPE_WORDS[shape])
+        adjective = pick(_SIZE_WORDS[size]) if coin(mention) else None
+        colour_word = None
         if coin(mention):
             if coin(wrong):
                 colour = (colour + 1 + int(torch.randint(len(COLOURS) - 1, (1,), generator=g))) % len(COLOURS)
-            words.append(pick(_COLOUR_WORDS[colour]))
-        return " ".join([*words, pick(_SHAPE_WORDS[shape])])
+            colour_word = pick(_COLOUR_WORDS[colour])
+        if adjective and coin(0.25):  # the grammar's other word order: "a red circle that is small"
+            return " ".join(["a", *([colour_word] if colour_word else []), noun, "that is", adjective])
+        return " ".join(["a", *([adjective] if adjective else []), *([colour_word] if colour_word else []), noun])
 
     out = []
     for i in range(len(shapes)):
         layout, colour, shape, size = int(shapes.layout[i]), shapes.colour[i].tolist(), shapes.shape[i].tolist(), shapes.size[i].tolist()
         if layout < 4:
             first = name(colour[0], shape[0], size[0])
-            out.append(f"{first} {pick(_PLACE_WORDS[layout])}" if coin(mention) else first)
+            if coin(mention):
+                place = pick(_PLACE_WORDS[layout])
+                out.append(f"{place} {first}" if coin(0.5) else f"{first} {place}")
+            else:
+                out.append(first)
         elif coin(mention):
-            relation = "left of" if layout == 4 else "above"
-            out.append(f"{name(colour[0], shape[0], size[0])} {pick(_RELATION_WORDS[relation])} {name(colour[1], shape[1], size[1])}")
+            first, second = name(colour[0], shape[0], size[0]), name(colour[1], shape[1], size[1])
+            relation = ("left of", "right of") if layout == 4 else ("above", "below")
+            if coin(0.5):  # name the right (lower) shape first
+                first, second, relation = second, first, relation[::-1]
+            out.append(f"{first} {pick(_RELATION_WORDS[relation[0]])} {second}")
         else:
             s = int(torch.randint(2, (1,), generator=g))
             out.append(name(colour[s], shape[s], size[s]))
