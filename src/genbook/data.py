@@ -499,14 +499,15 @@ def caption_scenes(layout: torch.Tensor, colour: torch.Tensor, shape: torch.Tens
     return [_caption(int(layout[i]), colour[i].tolist(), shape[i].tolist(), size[i].tolist(), g) for i in range(len(layout))]
 
 
+_WORD_INDEX = tuple({w: i for i, group in enumerate(groups) for w in group} for groups in (_COLOUR_WORDS, _SHAPE_WORDS, _SIZE_WORDS))
+
+
 def read_caption(caption: str) -> dict[str, list[int] | int]:
     """What a caption of the grammar says, as factors: "layout" (an index into ``LAYOUTS``, -1 where the caption
     does not say), and per slot "colour", "shape", "size" (lists of two, -1 where not said; slot 0 is the left or
     upper shape, as in ``CaptionedShapes``). The inverse of the grammar, for counting what captions get right."""
     words = caption.lower().split()
-    colours = {w: i for i, group in enumerate(_COLOUR_WORDS) for w in group}
-    forms = {w: i for i, group in enumerate(_SHAPE_WORDS) for w in group}
-    sizes = {w: i for i, group in enumerate(_SIZE_WORDS) for w in group}
+    colours, forms, sizes = _WORD_INDEX
     starts = [i for i, w in enumerate(words) if w == "a"] + [len(words)]
     objects = []
     for a, b in zip(starts, starts[1:]):
@@ -562,16 +563,13 @@ def caption_truth(captions: list[str], shapes: CaptionedShapes) -> dict[str, flo
     layout = torch.tensor([r["layout"] for r in read])
     out["place right"] = (layout == shapes.layout).float().mean().item()
     out["place wrong"] = ((layout >= 0) & (layout != shapes.layout)).float().mean().item()
-    every = layout == shapes.layout
+    every, said_all = layout == shapes.layout, layout >= 0
     for name in ("colour", "shape", "size"):
         said = torch.tensor([r[name] for r in read])  # (N, 2)
         true = getattr(shapes, name)
         out[f"{name} right"], out[f"{name} wrong"] = said_right_wrong(said, true).tolist()
         every &= ((said == true) | (true < 0)).all(1)
-    said_all = layout >= 0
-    for name in ("colour", "shape", "size"):
-        said = torch.tensor([r[name] for r in read])
-        said_all &= ((said >= 0) | (getattr(shapes, name) < 0)).all(1)
+        said_all &= ((said >= 0) | (true < 0)).all(1)
     out["complete"] = said_all.float().mean().item()
     out["complete and right"] = every.float().mean().item()
     return out
