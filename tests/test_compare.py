@@ -1,4 +1,4 @@
-"""genbook.compare: every family on one table (chapter 12)."""
+"""genbook.compare: every family on one table (chapter 13)."""
 
 import pytest
 import torch

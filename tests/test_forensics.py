@@ -1,4 +1,4 @@
-"""Chapter 11's forensics: spectra, copy-move, PRNU, DIRE and watermarks."""
+"""Chapter 12's forensics: spectra, copy-move, PRNU, DIRE and watermarks."""
 
 import copy
 import io

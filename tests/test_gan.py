@@ -340,7 +340,7 @@ def test_train_gan_each_loss(loss):
 
 
 def test_train_gan_wall_clock_budget():
-    """seconds= stops training when the time is up (chapter 12's equal budgets); without any budget it refuses."""
+    """seconds= stops training when the time is up (chapter 13's equal budgets); without any budget it refuses."""
     G, D = _mlps()
     hist = train_gan(G, D, _batches(), seconds=0.3, z_dim=Z_DIM)
     assert len(hist.g_loss) >= 2 and 0.3 <= hist.seconds < 2.0

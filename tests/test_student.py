@@ -85,12 +85,12 @@ def test_up_to_first_exercise_stops_before_the_box_or_the_section():
 
 
 def test_a_student_copy_runs_up_to_its_first_exercise(tmp_path):
-    """End to end on the chapter whose first exercise comes earliest (chapter 11: a few seconds of copy-move)."""
+    """End to end on the chapter whose first exercise comes earliest (chapter 12: a few seconds of copy-move)."""
     from nbclient import NotebookClient
 
-    path = ROOT / "chapters" / "11_forensics.ipynb"
+    path = ROOT / "chapters" / "12_forensics.ipynb"
     part = make_student.up_to_first_exercise(make_student.student_copy(nbformat.read(path, as_version=4)))
     assert sum(c.cell_type == "code" for c in part.cells) >= 3
     NotebookClient(part, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     text = "".join(o.get("text", "") for c in part.cells if c.cell_type == "code" for o in c.outputs)
-    assert "PASS C11.3" in text and "FAIL" not in text
+    assert "PASS C12.3" in text and "FAIL" not in text

@@ -298,3 +298,127 @@ def test_recaption_writes_what_its_reader_sees():
     assert sum(describes(real, i, c) for i, c in enumerate(captions)) >= 0.95 * len(real)
     with pytest.raises(ValueError, match="fewer than one batch"):
         t2i.train_captioner(real.subset(slice(0, 10)), batch=64)
+
+
+# ----------------------------------------------------------------------------- chapter 9: image tokens and unCLIP
+
+
+def _token_model(seed: int = 0, codes: int = 16) -> tuple[t2i.CaptionToTokens, t2i.Vocabulary]:
+    torch.manual_seed(seed)
+    vocab = t2i.Vocabulary()
+    model = t2i.CaptionToTokens(t2i.TextEncoder(len(vocab), dim=32, depth=1), codes, grid=3, dim=32, depth=2, heads=4).eval()
+    for p in model.parameters():  # an untrained model whose output depends on every input
+        torch.nn.init.normal_(p, std=0.3)
+    return model, vocab
+
+
+def test_vq_autoencoder_decodes_continuous_latents_through_their_codes():
+    torch.manual_seed(0)
+    ae = t2i.VQAutoencoder(channels=4, width=16, num_codes=8).eval()
+    x = torch.rand(5, 3, 16, 16)
+    codes = ae.codes(x)
+    assert codes.shape == (5, 4, 4) and codes.dtype == torch.long and int(codes.max()) < 8
+    z = ae.encode(x)
+    assert torch.equal(ae.decode(z), ae.decode_codes(codes))  # Rombach et al.'s VQ-reg: decode quantizes first
+    assert torch.equal(ae.decode(z + 1e-7), ae.decode_codes(codes))
+    ae.train()
+    loss = ae.loss(x)
+    loss.backward()
+    assert loss.item() > 0 and ae.encoder[0].weight.grad.abs().sum() > 0  # straight-through: the encoder learns
+
+
+def test_nearest_codes_is_the_argmin_of_the_distances():
+    g = torch.Generator().manual_seed(1)
+    z, book = torch.randn(2, 3, 4, 5, generator=g), torch.randn(7, 3, generator=g)
+    want = ((z.permute(0, 2, 3, 1)[..., None, :] - book) ** 2).sum(-1).argmin(-1)  # (B, h, w, K) -> (B, h, w)
+    from genbook.vqvae import nearest_codes
+
+    assert torch.equal(nearest_codes(z, book), want)
+
+
+def test_token_model_step_by_step_equals_the_full_pass_and_ignores_padding():
+    model, vocab = _token_model()
+    tokens = vocab.encode(["a red square at the top", "a big blue disc left of a small green triangle"])
+    codes = torch.randint(0, 16, (2, 3, 3), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        full = model(codes, tokens)  # (2, 9, 16)
+        h, mask = model.text(tokens)
+        blk = model.blocks[0]
+        shape = (len(model.blocks), 2, blk.heads, 9, 32 // blk.heads)
+        keys, values = torch.empty(shape), torch.empty(shape)
+        seq = torch.cat([torch.full((2, 1), 16), codes.flatten(1)[:, :-1]], 1)
+        for t in range(9):  # what sample() does, with the true codes fed in
+            x = model.tok(seq[:, t])[:, None] + model.pos[:, t : t + 1]
+            for i, block in enumerate(model.blocks):
+                x = block.step(x, keys[i], values[i], t, h, mask)
+            assert torch.allclose(model.head(model.ln(x))[:, 0], full[:, t], atol=1e-5)
+        padded = torch.cat([tokens, torch.zeros(2, 5, dtype=torch.long)], 1)
+        assert torch.allclose(model(codes, padded), full, atol=1e-6)
+        other = vocab.encode(["a yellow circle at the bottom", "a small red box"])
+        assert (model(codes, other) - full).abs().max() > 1e-2  # the caption does matter
+
+
+def test_token_model_samples_reproducibly_and_guidance_uses_the_empty_caption():
+    model, vocab = _token_model()
+    tokens = vocab.encode(["a red square at the top"] * 3)
+    a = model.sample(tokens, generator=torch.Generator().manual_seed(5))
+    b = model.sample(tokens, generator=torch.Generator().manual_seed(5))
+    assert a.shape == (3, 3, 3) and torch.equal(a, b)
+    cold = model.sample(tokens, temperature=1e-4, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        assert torch.equal(model(cold, tokens).argmax(-1), cold.flatten(1))  # near zero temperature: greedy decoding
+        empty = model(cold, torch.full_like(tokens, -1))
+        guided = model.sample(tokens, w=2.0, temperature=1e-4, generator=torch.Generator().manual_seed(6))
+        want = (3 * model(guided, tokens) - 2 * model(guided, torch.full_like(tokens, -1))).argmax(-1)
+    assert torch.equal(want, guided.flatten(1))  # (1 + w) l(c | caption) - w l(c | none), greedily
+    assert not torch.equal(empty, model(cold, tokens))
+
+
+def test_token_loss_is_the_next_code_cross_entropy():
+    model, vocab = _token_model()
+    tokens = vocab.encode(["a red square at the top", "a small red box"])
+    codes = torch.randint(0, 16, (2, 3, 3), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        logp = model(codes, tokens).log_softmax(-1)
+        want = -logp.gather(-1, codes.flatten(1)[..., None]).mean()
+        assert torch.allclose(t2i.token_loss(model, codes, tokens), want, atol=1e-6)
+
+
+def test_embedding_context_maps_no_condition_to_a_learned_null():
+    torch.manual_seed(0)
+    ctx = t2i.EmbeddingContext(8, 16, tokens=3)
+    emb = F.normalize(torch.randn(4, 8), dim=-1)
+    emb[1] = -1
+    h, mask = ctx(emb)
+    assert h.shape == (4, 3, 16) and mask.all()
+    null, _ = ctx(torch.full((1, 8), -1.0))
+    assert torch.allclose(h[1], null[0]) and not torch.allclose(h[0], null[0])
+    den = t2i.TextDiT(ctx, channels=4, size=4, dim=16, depth=1, heads=4, freeze_text=False)
+    out = dif.classifier_free(den, 0.0)(torch.randn(4, 4, 4, 4), torch.full((4,), 10), emb)
+    assert out.shape == (4, 4, 4, 4)
+
+
+def test_embedding_prior_eps_and_x0_agree_and_samples_are_unit_vectors():
+    torch.manual_seed(0)
+    sched = dif.cosine_schedule(100)
+    prior = t2i.EmbeddingPrior(sched, emb_dim=8, width=32, depth=1)
+    z, g = torch.randn(5, 8), F.normalize(torch.randn(5, 8), dim=-1)
+    t = torch.tensor([0, 10, 50, 90, 99])
+    ab = sched.alpha_bar[t][:, None].float()
+    x0 = (z - (1 - ab).sqrt() * prior(z, t, g)) / ab.sqrt()  # eq. 84 from the eps it gives
+    assert torch.allclose(x0, prior.predict_x0(z, t, g), atol=1e-3)
+    assert prior.loss(F.normalize(torch.randn(6, 8), dim=-1), F.normalize(torch.randn(6, 8), dim=-1)).item() > 0
+    f = prior.sample(g, steps=5, generator=torch.Generator().manual_seed(0))
+    assert f.shape == (5, 8) and torch.allclose(f.norm(dim=-1), torch.ones(5), atol=1e-5)
+
+
+def test_slerp_stays_on_the_sphere_at_an_even_angle():
+    g = torch.Generator().manual_seed(4)
+    a, b = F.normalize(torch.randn(3, 6, generator=g), dim=-1), F.normalize(torch.randn(3, 6, generator=g), dim=-1)
+    assert torch.allclose(t2i.slerp(a, b, 0.0), a, atol=1e-6) and torch.allclose(t2i.slerp(a, b, 1.0), b, atol=1e-6)
+    theta = torch.acos((a * b).sum(-1))
+    for t in (0.25, 0.5, 0.8):
+        m = t2i.slerp(a, b, t)
+        assert torch.allclose(m.norm(dim=-1), torch.ones(3), atol=1e-5)
+        assert torch.allclose(torch.acos((a * m).sum(-1).clamp(-1, 1)), t * theta, atol=1e-4)
+    assert torch.allclose(t2i.slerp(a, a, 0.3), a, atol=1e-6)  # no division by zero where a = b

@@ -1,4 +1,4 @@
-"""Video generation (chapter 10): the coherence measure, the video GANs, the 3-D VQ-VAE and the video denoiser."""
+"""Video generation (chapter 11): the coherence measure, the video GANs, the 3-D VQ-VAE and the video denoiser."""
 
 import math
 

@@ -4,7 +4,7 @@
     torchrun --nproc_per_node=8 -m genbook train gan --dataset mnist --size 28 --width 64 --out runs/
     python -m genbook sample runs/diffusion-digits.pt --n 64 --png samples.png
 
-``train`` builds a family's recipe (:mod:`genbook.recipes`, the networks chapter 12 compares) and trains it with
+``train`` builds a family's recipe (:mod:`genbook.recipes`, the networks chapter 13 compares) and trains it with
 PyTorch's DistributedDataParallel whenever it is launched by ``torchrun`` (NCCL on GPUs, gloo on CPUs): every
 process holds a replica, reads its own shard of the data, and DDP averages the gradients, so the replicas stay
 identical. Single process otherwise. On CUDA it uses mixed precision (bf16 where the GPU has it, fp16 with a
@@ -17,7 +17,7 @@ otherwise.
 - ``NAME.pt``: the sampling network's weights with its :class:`~genbook.recipes.ModelConfig` and a hash of the
   weights (``genbook.train.save_checkpoint``), every ``--checkpoint-every`` steps and at the end. The VAE, flow and
   PixelCNN keep the weights of their best validation loss, as their chapters do; diffusion and flow matching save
-  their weight average (EMA). With ``GENBOOK_CHECKPOINTS=DIR``, chapter 12 loads ``DIR/NAME.pt`` for the book's
+  their weight average (EMA). With ``GENBOOK_CHECKPOINTS=DIR``, chapter 13 loads ``DIR/NAME.pt`` for the book's
   default sizes instead of training.
 - ``NAME.state.pt``: everything ``--resume`` needs to go on (all networks, optimizers, the average, the step).
 - ``NAME-samples-STEP.png`` every ``--sample-every`` steps, and ``NAME.json``: what was run and measured.
@@ -224,7 +224,7 @@ class _Run:
         if r.init is not None:
             r.init(self.nets, self.shard)
         self.opts = {ph: torch.optim.Adam(self.objective.parameters_of(ph), lr=self.lr, betas=r.betas) for ph in r.phases}
-        self.ema = EMA(self.nets["net"], decay=r.ema, warmup=True) if r.ema else None  # warm-up: short runs, as in chapter 12
+        self.ema = EMA(self.nets["net"], decay=r.ema, warmup=True) if r.ema else None  # warm-up: short runs, as in chapter 13
 
     def restore(self) -> None:
         """``--resume``: networks, optimizers, average, step, seconds and validation history from the state file."""

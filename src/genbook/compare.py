@@ -1,4 +1,4 @@
-"""Every family on one table (chapter 12): one run, the same digits split, the same metrics and the same training
+"""Every family on one table (chapter 13): one run, the same digits split, the same metrics and the same training
 budget for the best unconditional digits model of each family.
 
 ``compare(budget(seconds))`` trains a VAE (autoregressive decoder), a DCGAN, a RealNVP-style flow, a gated PixelCNN, a
@@ -89,7 +89,7 @@ def snap(x01: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- training and scoring each family
-# The networks and samplers are ``genbook.recipes``'s; what follows is how chapter 12 trains each one for its
+# The networks and samplers are ``genbook.recipes``'s; what follows is how chapter 13 trains each one for its
 # step budget (``budget``) (as its chapter does: early stopping on the validation digits where the chapter uses it) and
 # how it measures each one's likelihood.
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genbook import autoregressive, data, gan, metrics, text2image, vae
+from genbook import autoregressive, data, gan, metrics, text2image, vae, vqvae
 from genbook.diffusion import samplers, schedule
 from genbook.flow_matching import paths, solvers
 from genbook.flows import core as flow_core
@@ -663,7 +663,63 @@ def _heun_evaluations(fn: Callable) -> None:
         raise ExerciseError(f"heun with 5 steps called v_fn {len(calls)} times; Heun's method costs two evaluations per step (10)")
 
 
-# ----------------------------------------------------------------------------- chapter 9: captions
+# ----------------------------------------------------------------------------- chapter 9: image tokens and unCLIP
+
+
+def _codes_inputs(seed: int, b: int = 2, d: int = 3, h: int = 4, w: int = 5, k: int = 7) -> tuple:
+    return _randn(b, d, h, w, seed=seed), _randn(k, d, seed=seed + 1)
+
+
+def _codes_no_permute(z, book):
+    b, d, h, w = z.shape
+    return torch.cdist(z.reshape(-1, d), book).argmin(1).view(b, h, w)
+
+
+def _codes_dot(z, book):
+    return torch.einsum("bdhw,kd->bhwk", z, book).argmax(-1)
+
+
+_CODES = dict(function="nearest_codes", rtol=0.0, atol=0.0)
+_CODES_DIAG = (
+    (
+        _codes_no_permute,
+        "z_e is (B, D, h, w): move D last (permute(0, 2, 3, 1)) before reading one D-vector per position",
+    ),
+    (
+        lambda z, book: torch.cdist(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]), book).argmax(1).view(z.shape[0], *z.shape[2:]),
+        "the nearest code is the one at the smallest distance (argmin), not the largest",
+    ),
+    (
+        _codes_dot,
+        "the largest dot product is not the nearest code: ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2, and ||e||^2 differs between codes",
+    ),
+)
+
+
+def _unit_pair(seed: int, n: int = 4, e: int = 6, t: float = 0.3) -> tuple:
+    return F.normalize(_randn(n, e, seed=seed), dim=-1), F.normalize(_randn(n, e, seed=seed + 1), dim=-1), t
+
+
+def _same_pair(seed: int) -> tuple:
+    a = F.normalize(_randn(3, 5, seed=seed), dim=-1)
+    return a, a.clone(), 0.4
+
+
+_SLERP = dict(function="slerp", rtol=1e-4, atol=1e-5)
+_SLERP_DIAG = (
+    (lambda a, b, t: (1 - t) * a + t * b, "the straight line between two unit vectors leaves the sphere: interpolate the angle"),
+    (
+        lambda a, b, t: F.normalize((1 - t) * a + t * b, dim=-1),
+        "normalizing the straight line stays on the sphere, but its angle does not move evenly with t",
+    ),
+    (
+        lambda a, b, t: text2image.slerp(a, b, 1 - t),
+        "at t = 0 the answer must be a, at t = 1 b: sin((1 - t) theta) weighs a",
+    ),
+)
+
+
+# ----------------------------------------------------------------------------- chapter 10: captions
 
 
 def _said_true(seed: int, n: int = 8, k: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -713,7 +769,7 @@ def _eps_pair(seed: int, w: float) -> tuple:
     return _randn(2, 4, 3, 3, seed=seed), _randn(2, 4, 3, 3, seed=seed + 1), w
 
 
-# ----------------------------------------------------------------------------- chapter 10: video
+# ----------------------------------------------------------------------------- chapter 11: video
 
 
 def _video_h(seed: int, b: int = 2, t: int = 3, c: int = 4, hh: int = 2, ww: int = 3) -> tuple:
@@ -766,7 +822,7 @@ _ACC_DIAG = (
 )
 
 
-# ----------------------------------------------------------------------------- chapter 11: forensics
+# ----------------------------------------------------------------------------- chapter 12: forensics
 
 
 def _images(seed: int, n: int = 3, c: int = 1, size: int = 8) -> torch.Tensor:
@@ -825,7 +881,7 @@ def _fpr_bad_threshold(fn: Callable) -> None:
     _raises(fn, (8, 9), "binomial_fpr", ValueError, "a threshold above the number of bits is a mistake the caller should hear about")
 
 
-# ----------------------------------------------------------------------------- chapter 12: one table
+# ----------------------------------------------------------------------------- chapter 13: one table
 
 
 _DEQ = dict(function="dequantized_nll", rtol=1e-5, atol=1e-4)
@@ -1299,6 +1355,32 @@ def _exercises() -> tuple[Exercise, ...]:
         ),
         Exercise(
             "9.1",
+            "nearest_codes",
+            "the nearest code at every position",
+            (
+                c("two 4 x 5 grids, seven codes", lambda: _codes_inputs(141), vqvae.nearest_codes, _CODES_DIAG, **_CODES),
+                c("one grid, 3 x 3", lambda: _codes_inputs(142, b=1, h=3, w=3, k=4), vqvae.nearest_codes, _CODES_DIAG, **_CODES),
+                c("a code per position", lambda: _codes_inputs(143, d=8, k=64), vqvae.nearest_codes, _CODES_DIAG, hidden=True, **_CODES),
+                c("wide grids", lambda: _codes_inputs(144, h=2, w=9), vqvae.nearest_codes, _CODES_DIAG, hidden=True, **_CODES),
+            ),
+            _codes_no_permute,
+            "move D last",
+        ),
+        Exercise(
+            "9.2",
+            "slerp",
+            "spherical interpolation of embeddings",
+            (
+                c("four pairs, t = 0.3", lambda: _unit_pair(145), text2image.slerp, _SLERP_DIAG, **_SLERP),
+                c("t = 0.5", lambda: _unit_pair(146, t=0.5), text2image.slerp, _SLERP_DIAG, **_SLERP),
+                c("t = 0 gives a", lambda: _unit_pair(147, t=0.0), text2image.slerp, _SLERP_DIAG, hidden=True, **_SLERP),
+                c("a = b: no division by zero", lambda: _same_pair(148), text2image.slerp, _SLERP_DIAG, hidden=True, **_SLERP),
+            ),
+            _SLERP_DIAG[1][0],
+            "angle",
+        ),
+        Exercise(
+            "10.1",
             "said_right_wrong",
             "what a caption says right and wrong",
             (
@@ -1311,7 +1393,7 @@ def _exercises() -> tuple[Exercise, ...]:
             "neither right nor wrong",
         ),
         Exercise(
-            "9.2",
+            "10.2",
             "guided_eps",
             "classifier-free guidance's combination",
             (
@@ -1324,7 +1406,7 @@ def _exercises() -> tuple[Exercise, ...]:
             "conditional prediction",
         ),
         Exercise(
-            "10.1",
+            "11.1",
             "frames_to_sequences",
             "frames to sequences over time",
             (
@@ -1336,7 +1418,7 @@ def _exercises() -> tuple[Exercise, ...]:
             "clip-major",
         ),
         Exercise(
-            "10.2",
+            "11.2",
             "acceleration",
             "the acceleration of a track",
             (
@@ -1361,7 +1443,7 @@ def _exercises() -> tuple[Exercise, ...]:
             "not the squared length",
         ),
         Exercise(
-            "11.1",
+            "12.1",
             "ring_power",
             "the azimuthally averaged power spectrum",
             (
@@ -1394,7 +1476,7 @@ def _exercises() -> tuple[Exercise, ...]:
             "squared magnitude",
         ),
         Exercise(
-            "11.2",
+            "12.2",
             "binomial_fpr",
             "the false-positive rate of a bit watermark",
             (
@@ -1408,7 +1490,7 @@ def _exercises() -> tuple[Exercise, ...]:
             "off by one",
         ),
         Exercise(
-            "12.1",
+            "13.1",
             "dequantized_nll",
             "a density's NLL on the discrete table",
             (
@@ -1425,7 +1507,7 @@ def _exercises() -> tuple[Exercise, ...]:
             "add D log K",
         ),
         Exercise(
-            "12.2",
+            "13.2",
             "precision_recall",
             "improved precision and recall",
             (

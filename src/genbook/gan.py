@@ -270,8 +270,8 @@ def train_gan(
     ``batches`` yields real images (or (images, labels) when ``conditional``). The losses are the
     ones named in :data:`LOSSES`; ``r1_gamma`` adds gamma/2 R1 (eq. 41) to the discriminator's loss;
     ``acgan`` adds the class cross-entropies L_C of eq. 44-45 to both players. ``g_penalty(fake)`` is added to the
-    generator's loss on its batch (chapter 11's spectral regularization, eq. 129). The budget is ``steps`` generator
-    steps, ``seconds`` of wall-clock time (chapter 12's equal budgets), or whichever runs out first.
+    generator's loss on its batch (chapter 12's spectral regularization, eq. 129). The budget is ``steps`` generator
+    steps, ``seconds`` of wall-clock time (chapter 13's equal budgets), or whichever runs out first.
     ``snapshot_at`` keeps a copy of the generator's weights after each of those generator steps in
     ``hist.snapshots[step]``: the same run, read at a shorter budget (chapter 3's ablation at equal steps); absent
     when a ``seconds`` budget ends the run first.

@@ -2,7 +2,7 @@
 
 A recipe knows how to build its networks from a :class:`ModelConfig`, the loss to train them with (as a module
 whose ``forward`` returns the loss, which is what :class:`torch.nn.parallel.DistributedDataParallel` wraps) and
-how to sample from the trained network. The networks and the sampling settings are chapter 12's (each from its
+how to sample from the trained network. The networks and the sampling settings are chapter 13's (each from its
 own chapter's ``fast`` profile); ``genbook.compare`` builds its models here, and ``python -m genbook train
 FAMILY`` (``genbook.cli``) trains them longer, bigger or on more GPUs. A checkpoint's config is the
 :class:`ModelConfig`, so a chapter loads what the command line trained whenever the two configs agree.
@@ -97,7 +97,7 @@ class Objective(nn.Module):
 @dataclass(frozen=True)
 class Recipe:
     key: str
-    family: str  # as chapter 12's table names it
+    family: str  # as chapter 13's table names it
     title: str
     build: Callable[[ModelConfig], dict[str, nn.Module]]  # "net" samples; "disc" is the GAN's discriminator
     loss: Callable[[nn.ModuleDict, torch.Tensor, str], torch.Tensor | tuple]

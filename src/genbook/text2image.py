@@ -21,10 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from genbook import data, metrics, runtime
+from genbook.diffusion.samplers import ddim_sample
 from genbook.nets.dit import _modulate
 from genbook.nets.embeddings import SinusoidalEmbedding
 from genbook.nets.transformer import TransformerBlock, attend
 from genbook.train import History, fit
+from genbook.vqvae import VectorQuantizer
 
 # ----------------------------------------------------------------------------- tokens
 
@@ -578,3 +580,205 @@ def score_shapes(
         copying_real=metrics.copying_statistic(f_train, f_ref, f_train[draws[0]], seed=seed),
         real_name="training images",
     )
+
+
+# ----------------------------------------------------------------------------- two stages: image tokens and a transformer
+
+
+class VQAutoencoder(SpatialAutoencoder):
+    """The spatial autoencoder with a vector quantizer between encoder and decoder: images (B, 3, 16, 16) <-> a 4 x 4
+    grid of codes from a codebook of ``num_codes`` vectors of ``channels`` numbers (van den Oord et al. 2017, the
+    tokenizer of DALL-E and Parti at toy scale). ``encode`` gives the encoder's output before quantization; ``decode``
+    quantizes first, so continuous latents (a diffusion model's samples) decode as Rombach et al.'s "VQ-reg"
+    autoencoder decodes them, and one decoder serves a token model and a latent diffusion model alike."""
+
+    def __init__(self, channels: int = 4, width: int = 64, num_codes: int = 256, beta: float = 0.25):
+        super().__init__(channels, width)
+        self.quantizer = VectorQuantizer(num_codes, channels, beta=beta)
+
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, 16, 16) -> code grids (B, 4, 4) long."""
+        return self.quantizer.nearest(self.encode(x))
+
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.decoder(self.quantizer.lookup(codes)))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decode_codes(self.quantizer.nearest(z))
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Squared error per image plus the commitment term; the codebook follows the encoder by moving averages."""
+        out = self.quantizer(self.encode(x))
+        return (torch.sigmoid(self.decoder(out.z_q)) - x).pow(2).flatten(1).sum(1).mean() + out.loss
+
+
+class TokenDecoderBlock(nn.Module):
+    """Causal self-attention over the image tokens so far, cross-attention to the caption, an MLP (Parti's decoder
+    block; pre-norm). ``step`` runs one position with a KV cache."""
+
+    def __init__(self, dim: int, text_dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2, self.ln3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.cross = CrossAttention(dim, text_dim, heads)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.proj(attend(self.qkv(self.ln1(x)), self.heads, causal=True))
+        x = x + self.cross(self.ln2(x), h, mask)
+        return x + self.mlp(self.ln3(x))
+
+    def step(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, t: int, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, _, c = x.shape
+        q, k, v = self.qkv(self.ln1(x)).reshape(b, 1, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)  # (B, nh, 1, hd)
+        keys[:, :, t : t + 1], values[:, :, t : t + 1] = k, v
+        y = F.scaled_dot_product_attention(q, keys[:, :, : t + 1], values[:, :, : t + 1])  # slots 0..t: all in the past
+        x = x + self.proj(y.transpose(1, 2).reshape(b, 1, c))
+        x = x + self.cross(self.ln2(x), h, mask)
+        return x + self.mlp(self.ln3(x))
+
+
+class CaptionToTokens(nn.Module):
+    """p(c_1 .. c_T | caption) = prod_i p(c_i | c_<i, caption) over a raster-ordered code grid (survey eq. 27 with a
+    caption): the caption's words through a text encoder, and a causal transformer over the image tokens that reads
+    them by cross-attention, as Parti does (DALL-E 1 puts the words and the image tokens in one sequence instead).
+    Input [start, c_1 .. c_{T-1}], so output i predicts c_i. A row of -1 tokens is "no caption" (the empty caption),
+    which caption dropout teaches, for classifier-free guidance on the logits. Shapes: codes (B, g, g), tokens (B, L)
+    -> logits (B, g*g, num_codes)."""
+
+    def __init__(self, text: TextEncoder, num_codes: int, grid: int = 4, dim: int = 64, depth: int = 3, heads: int = 4):
+        super().__init__()
+        self.text, self.num_codes, self.grid = text, num_codes, grid
+        text_dim = text.ln.normalized_shape[0]
+        self.tok = nn.Embedding(num_codes + 1, dim)  # the codes, then the start token
+        self.pos = nn.Parameter(torch.randn(1, grid * grid, dim) * 0.02)
+        nn.init.normal_(self.tok.weight, std=0.02)
+        self.blocks = nn.ModuleList(TokenDecoderBlock(dim, text_dim, heads) for _ in range(depth))
+        self.ln = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_codes)
+
+    def forward(self, codes: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        seq = codes.flatten(1)  # (B, T)
+        inp = torch.cat([torch.full_like(seq[:, :1], self.num_codes), seq[:, :-1]], 1)
+        h, mask = self.text(tokens)
+        x = self.tok(inp) + self.pos
+        for block in self.blocks:
+            x = block(x, h, mask)
+        return self.head(self.ln(x))
+
+    @torch.no_grad()
+    def sample(
+        self, tokens: torch.Tensor, w: float = 0.0, generator: torch.Generator | None = None, temperature: float = 1.0
+    ) -> torch.Tensor:
+        """One code grid per caption, one position at a time with a KV cache: tokens (B, L) -> codes (B, g, g).
+        With ``w`` > 0 the logits are guided as eq. 92 guides eps: (1 + w) l(c | caption) - w l(c | no caption).
+        Each draw is the Gumbel-max of logits / temperature, the uniforms from ``generator`` on the CPU."""
+        b, n = len(tokens), self.grid * self.grid
+        guided = w != 0
+        if guided:
+            tokens = torch.cat([tokens, torch.full_like(tokens, -1)])
+        h, mask = self.text(tokens)
+        rows, dim = len(tokens), self.pos.shape[-1]
+        heads = self.blocks[0].heads
+        shape = (len(self.blocks), rows, heads, n, dim // heads)
+        keys, values = torch.empty(shape, device=h.device, dtype=h.dtype), torch.empty(shape, device=h.device, dtype=h.dtype)
+        out = torch.empty(b, n, dtype=torch.long, device=h.device)
+        token = torch.full((rows,), self.num_codes, dtype=torch.long, device=h.device)
+        for t in range(n):
+            x = self.tok(token)[:, None] + self.pos[:, t : t + 1]
+            for i, block in enumerate(self.blocks):
+                x = block.step(x, keys[i], values[i], t, h, mask)
+            logits = self.head(self.ln(x))[:, 0]  # (rows, K)
+            if guided:
+                cond, uncond = logits.chunk(2)
+                logits = (1 + w) * cond - w * uncond
+            u = torch.rand(logits.shape, generator=generator).to(logits.device)
+            out[:, t] = (logits / temperature - torch.log(-torch.log(u))).argmax(1)
+            token = torch.cat([out[:, t], out[:, t]]) if guided else out[:, t]
+        return out.view(b, self.grid, self.grid)
+
+
+def token_loss(model: CaptionToTokens, codes: torch.Tensor, tokens: torch.Tensor, p_uncond: float = 0.0) -> torch.Tensor:
+    """The next-code cross-entropy per position, -1/T log p(c | caption); a caption is dropped (-1) with probability
+    ``p_uncond``, so the same model also learns p(c | no caption)."""
+    if p_uncond > 0:
+        drop = torch.rand(len(tokens), device=tokens.device) < p_uncond
+        tokens = torch.where(drop[:, None], torch.full_like(tokens, -1), tokens)
+    logits = model(codes, tokens)
+    return F.cross_entropy(logits.transpose(1, 2), codes.flatten(1))
+
+
+# ----------------------------------------------------------------------------- unCLIP: a prior and a decoder
+
+
+class EmbeddingContext(nn.Module):
+    """A unit embedding (B, E) as the context a cross-attention denoiser reads: ``tokens`` learned projections of it,
+    (B, tokens, dim), all real (DALL-E 2's decoder adds four such tokens to GLIDE's caption). A row of -1 (eq. 92's
+    "no condition", which ``diffusion.eps_loss`` writes for dropped labels) becomes a learned null context."""
+
+    def __init__(self, emb_dim: int = 64, dim: int = 64, tokens: int = 4):
+        super().__init__()
+        self.n = tokens
+        self.proj = nn.Linear(emb_dim, tokens * dim)
+        self.null = nn.Parameter(torch.randn(tokens, dim) * 0.02)
+        self.ln = nn.LayerNorm(dim)
+
+    def forward(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b = len(emb)
+        none = (emb == -1).all(1)[:, None, None]
+        h = torch.where(none, self.null.expand(b, -1, -1), self.proj(emb.clamp(min=-1, max=1)).view(b, self.n, -1))
+        return self.ln(h), torch.ones(b, self.n, dtype=torch.bool, device=emb.device)
+
+
+class EmbeddingPrior(nn.Module):
+    """DALL-E 2's diffusion prior at toy scale: from the caption's CLIP text embedding g (B, E), a unit image
+    embedding f(x) (B, E). An MLP x0_theta(z_t, t, g) predicts the clean embedding from its noised version, trained
+    on ||x0_theta - x0||^2 as Ramesh et al. train theirs; embeddings are scaled by sqrt(E) to unit variance per
+    number, and samples are put back on the unit sphere. ``forward`` gives eps through eq. 84, so the samplers of
+    ``diffusion`` run it unchanged."""
+
+    def __init__(self, sched, emb_dim: int = 64, width: int = 256, depth: int = 3):
+        super().__init__()
+        self.sched, self.emb_dim, self.scale = sched, emb_dim, math.sqrt(emb_dim)
+        self.time = SinusoidalEmbedding(width, scale=1.0)
+        self.inp = nn.Linear(2 * emb_dim, width)
+        layers = []
+        for _ in range(depth):
+            layers += [nn.SiLU(), nn.Linear(width, width)]
+        self.body = nn.Sequential(*layers, nn.SiLU(), nn.Linear(width, emb_dim))
+
+    def predict_x0(self, z: torch.Tensor, t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return self.body(self.inp(torch.cat([z, g * self.scale], 1)) + self.time(t))
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        ab = self.sched.alpha_bar.to(z.device, z.dtype)[t][:, None]
+        return (z - ab.sqrt() * self.predict_x0(z, t, g)) / (1 - ab).sqrt()  # eps from x0 (eq. 84)
+
+    def loss(self, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """||x0_theta(z_t, t, g) - x0||^2 per number, x0 = sqrt(E) f, at a random step t."""
+        x0 = f * self.scale
+        t = torch.randint(0, self.sched.T, (len(f),), device=f.device)
+        z = self.sched.q_sample(x0, t, torch.randn_like(x0))
+        return F.mse_loss(self.predict_x0(z, t, g), x0)
+
+    @torch.no_grad()
+    def sample(self, g: torch.Tensor, steps: int = 25, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Unit image embeddings (B, E) for text embeddings g (B, E), by DDIM over ``steps`` steps."""
+        z = ddim_sample(self, self.sched, (len(g), self.emb_dim), steps=steps, y=g, generator=generator, device=g.device)
+        return F.normalize(z, dim=-1)
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation between unit vectors, (sin((1 - t) theta) a + sin(t theta) b) / sin(theta) with
+    cos(theta) = <a, b>: every point is a unit vector, and the angle moves evenly with t (DALL-E 2 interpolates
+    CLIP image embeddings so). a, b (..., E), t a number or broadcastable to (..., 1); linear where a and b nearly
+    coincide, where the formula divides by almost zero."""
+    t = torch.as_tensor(t, dtype=a.dtype, device=a.device)
+    dot = (a * b).sum(-1, keepdim=True).clamp(-1.0, 1.0)
+    theta = torch.acos(dot)
+    sin = torch.sin(theta)
+    close = sin < 1e-6
+    safe = torch.where(close, torch.ones_like(sin), sin)
+    out = (torch.sin((1 - t) * theta) * a + torch.sin(t * theta) * b) / safe
+    return torch.where(close, (1 - t) * a + t * b, out)

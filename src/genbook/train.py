@@ -32,7 +32,7 @@ class EMA:
 
     ``ema.model`` is a frozen copy to evaluate and sample with; buffers are copied as they are. With ``warmup``
     the decay of update n (from 0) is min(d, (1 + n) / (10 + n)), so that after a short run the average is not
-    still made mostly of the random initial weights (0.995^300 = 22% of them without it); chapter 12's equal
+    still made mostly of the random initial weights (0.995^300 = 22% of them without it); chapter 13's equal
     budgets give the slowest families only a few hundred steps.
     """
 

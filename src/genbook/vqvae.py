@@ -13,7 +13,7 @@
 | ``prior``      | p_psi(c) = prod_i p_psi(c_i | c_<i) over the raster-ordered grid (survey eq. 27) |
 
 Stage 1 and stage 2 are the two halves of the survey's Box 2. Chapter 2 ("VQ-VAE") derives them;
-chapters 5, 6 and 10 reuse :meth:`VQVAE.encode_codes` and :meth:`VQVAE.decode_codes` as an image tokenizer.
+chapters 5, 6 and 11 reuse :meth:`VQVAE.encode_codes` and :meth:`VQVAE.decode_codes` as an image tokenizer.
 """
 
 from __future__ import annotations
@@ -42,6 +42,15 @@ class VQOutput(NamedTuple):
     loss: torch.Tensor  # scalar: the commitment term, plus the codebook term when the codebook is not EMA
     commitment: torch.Tensor  # scalar: beta ||z_e - sg[z_q]||^2
     perplexity: torch.Tensor  # scalar: exp(entropy of the code usage in the batch), 1..num_codes
+
+
+def nearest_codes(z_e: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """k*(u, v) = argmin_k ||z_e(:, u, v) - e_k||_2 for every position: z_e (B, D, h, w), codebook (K, D) -> (B, h, w)
+    long (survey Box 2, step 2; the graded exercise of chapter 9)."""
+    b, d, h, w = z_e.shape
+    flat = z_e.permute(0, 2, 3, 1).reshape(-1, d)  # (B*h*w, D)
+    dist = torch.cdist(flat.float(), codebook.float())  # ||z_e(:, u, v) - e_k||_2, (B*h*w, K); cdist stays fp32 under AMP
+    return dist.argmin(1).view(b, h, w)
 
 
 class VectorQuantizer(nn.Module):
@@ -78,10 +87,7 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def nearest(self, z_e: torch.Tensor) -> torch.Tensor:
         """The code grid k*(u, v) = argmin_k ||z_e(:, u, v) - e_k||^2: (B, D, h, w) -> (B, h, w) long."""
-        b, _, h, w = z_e.shape
-        flat = z_e.permute(0, 2, 3, 1).reshape(-1, self.dim)  # (B*h*w, D)
-        dist = torch.cdist(flat.float(), self.codebook.float())  # ||z_e(:, u, v) - e_k||_2, (B*h*w, K); cdist stays fp32 under AMP
-        return dist.argmin(1).view(b, h, w)
+        return nearest_codes(z_e, self.codebook)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """z_q(:, u, v) = e_{c(u, v)}: codes (B, h, w) -> (B, D, h, w)."""

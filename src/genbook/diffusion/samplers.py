@@ -154,7 +154,7 @@ def ddim_invert(
 ) -> torch.Tensor:
     """Run deterministic DDIM backwards, x_0 -> x_T, reusing eps_theta at the next step's time: the latent that
     ``ddim_sample(..., eta=0, x_T=...)`` maps back to (approximately) x0. ``clip_x0`` clips each x0 estimate as the
-    sampler does. Used by DIRE in chapter 11."""
+    sampler does. Used by DIRE in chapter 12."""
     taus = list(reversed(ddim_steps(sched.T, steps) if isinstance(steps, int) else list(steps)))  # increasing
     x = x0.clone()
     ab_prev = _alpha_bar_at(sched, -1, x0)  # clean data

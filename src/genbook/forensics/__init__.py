@@ -1,4 +1,4 @@
-"""Fake images, detection and watermarking (chapter 11): spectral artifacts and a detector on them, copy-move
+"""Fake images, detection and watermarking (chapter 12): spectral artifacts and a detector on them, copy-move
 detection, PRNU camera fingerprints on simulated sensors, DIRE, invisible watermarks with a signed decoder (tested
 under JPEG-like compression), and splice-and-blend forgeries with a detector for them."""
 

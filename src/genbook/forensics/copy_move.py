@@ -1,4 +1,4 @@
-"""Copy-move forgery detection with PCA on overlapping blocks (chapter 11, C11.3; Popescu and Farid 2004,
+"""Copy-move forgery detection with PCA on overlapping blocks (chapter 12, C12.3; Popescu and Farid 2004,
 survey section 9.2).
 
 | name in code | symbol |

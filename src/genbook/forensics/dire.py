@@ -1,4 +1,4 @@
-"""DIRE, the diffusion reconstruction error (chapter 11, C11.5; Wang et al. 2023, survey eq. 130-132).
+"""DIRE, the diffusion reconstruction error (chapter 12, C12.5; Wang et al. 2023, survey eq. 130-132).
 
 An image goes up the deterministic DDIM path to noise (inversion, eq. 130; the network is evaluated at the
 level the step starts from, the usual discretization) and back down (eq. 131 with

@@ -1,4 +1,4 @@
-"""JPEG-like compression as a distortion (chapter 11, C11.6): the lossy core of baseline JPEG (ITU-T T.81), in torch.
+"""JPEG-like compression as a distortion (chapter 12, C12.6): the lossy core of baseline JPEG (ITU-T T.81), in torch.
 
 The steps are JPEG's: RGB to YCbCr (JFIF's full-range matrix), each channel cut into 8 x 8 blocks, a 2-D DCT-II of
 every block, each coefficient divided by its entry in a quantization table and rounded, then everything undone. The

@@ -1,4 +1,4 @@
-"""Camera fingerprints from photo-response non-uniformity (chapter 11, C11.4; Lukas et al. 2006, survey eq. 127-128),
+"""Camera fingerprints from photo-response non-uniformity (chapter 12, C12.4; Lukas et al. 2006, survey eq. 127-128),
 on simulated sensors.
 
 | name in code | symbol |

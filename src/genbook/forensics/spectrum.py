@@ -1,4 +1,4 @@
-"""Spectral artifacts of upsampling and a detector on them (chapter 11, C11.1-C11.2; survey section 9.5, eq. 129).
+"""Spectral artifacts of upsampling and a detector on them (chapter 12, C12.1-C12.2; survey section 9.5, eq. 129).
 
 | name in code | symbol |
 | ------------ | ------ |
@@ -41,7 +41,7 @@ def ring_power(images: torch.Tensor) -> torch.Tensor:
 
 def azimuthal_spectrum(images: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """log of :func:`ring_power`, one 1-D profile per image: (N, C, H, W) -> (N, R). The features of the spectrum
-    detector. Chapter 11, "Spectral artifacts"."""
+    detector. Chapter 12, "Spectral artifacts"."""
     return torch.log(ring_power(images) + eps)
 
 

@@ -1,4 +1,4 @@
-"""Splice-and-blend forgeries and a detector for them (chapter 11, C11.8; survey 9.3-9.4).
+"""Splice-and-blend forgeries and a detector for them (chapter 12, C12.8; survey 9.3-9.4).
 
 A face swap, reduced to its geometry: find the subject in a real picture, draw a new one with a generator, move
 it onto the subject's place, and blend it in through a mask whose edge is either hard or feathered, so that the

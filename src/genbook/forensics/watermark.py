@@ -1,4 +1,4 @@
-"""Invisible watermarks (chapter 11, C11.6; Stable Signature, Fernandez et al. 2023, survey eq. 133-136).
+"""Invisible watermarks (chapter 12, C12.6; Stable Signature, Fernandez et al. 2023, survey eq. 133-136).
 
 | name in code | symbol |
 | ------------ | ------ |
@@ -97,7 +97,7 @@ def distort(x: torch.Tensor, kind: str, strength: float, generator: torch.Genera
 
 def random_distortion(x: torch.Tensor, rng: random.Random, generator: torch.Generator | None = None) -> torch.Tensor:
     """One distortion for the whole batch, of a random kind and strength (the training augmentations: every kind of
-    ``TRAINED_DISTORTIONS``; JPEG is left out, so that chapter 11 can test a distortion the mark never saw)."""
+    ``TRAINED_DISTORTIONS``; JPEG is left out, so that chapter 12 can test a distortion the mark never saw)."""
     kind = rng.choice(TRAINED_DISTORTIONS)
     strength = {"none": 0.0, "crop": rng.uniform(0.5, 1.0), "noise": rng.uniform(0.0, 0.08),
                 "blur": rng.uniform(0.3, 1.0), "brightness": rng.uniform(0.7, 1.3)}[kind]  # fmt: skip

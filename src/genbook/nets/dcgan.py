@@ -3,7 +3,7 @@
 The rules: strided (transposed) convolutions instead of pooling, batch norm in the generator,
 no fully connected hidden layers, ReLU in the generator with a tanh output, LeakyReLU in the
 discriminator. ``upsample="resize"`` swaps transposed convolutions for nearest-neighbour
-resize + convolution, which removes checkerboard artifacts (chapter 11 measures the difference).
+resize + convolution, which removes checkerboard artifacts (chapter 12 measures the difference).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A small UNet for denoisers and velocity fields on 8x8 to 32x32 images (chapters 6, 7, 11).
+"""A small UNet for denoisers and velocity fields on 8x8 to 32x32 images (chapters 6, 7, 12).
 
 Two resolution levels by default, residual blocks conditioned on a time embedding (and an
 optional class label), self-attention at the lowest resolution. It knows nothing about noise
@@ -68,7 +68,7 @@ class UNet(nn.Module):
         after_block: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """``after_block(h, k)``, when given, transforms the features after the k-th residual block (down path, middle,
-        up path, in order): the hook through which chapter 10's video model adds temporal attention between frames."""
+        up path, in order): the hook through which chapter 11's video model adds temporal attention between frames."""
         levels = len(self.cfg.mults)
         mix = after_block or (lambda h, k: h)
         n_down = len(self.down)

@@ -1,4 +1,4 @@
-"""Video generation (chapter 10): coherence measured on tracked sprites, VGAN's two streams, MoCoGAN's content and
+"""Video generation (chapter 11): coherence measured on tracked sprites, VGAN's two streams, MoCoGAN's content and
 motion, VideoGPT's 3-D VQ-VAE and code prior, and a factorized space-time diffusion denoiser inflated from an image
 model. The clips themselves come from :func:`genbook.data.moving_sprites`."""
 

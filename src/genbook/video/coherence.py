@@ -1,4 +1,4 @@
-"""Measuring temporal coherence of moving-sprite clips against the data's physics (chapter 10, C10.5).
+"""Measuring temporal coherence of moving-sprite clips against the data's physics (chapter 11, C11.5).
 
 | name in code | symbol |
 | ------------ | ------ |
@@ -35,7 +35,7 @@ def track(clips: torch.Tensor, threshold: float = 0.25, max_area: float = 0.5) -
 
     The foreground is every pixel whose largest channel differs from the frame's median colour by more than
     ``threshold``, weighted by that difference, so a generator that draws the wrong background colour is still
-    tracked. Chapter 10, "Measuring coherence".
+    tracked. Chapter 11, "Measuring coherence".
     """
     if clips.dim() != 5:
         raise ValueError(f"clips must be (N, T, C, H, W), got shape {tuple(clips.shape)}")
@@ -73,7 +73,7 @@ def incoherence(clips: torch.Tensor, missing: float = 8.0, **kwargs) -> torch.Te
     """Per clip, the median acceleration of the tracked sprite (pixels / frame^2; the median ignores a bounce);
     a frame without a sprite counts as an acceleration of ``missing`` pixels. (N, T, 3, H, W) -> (N,).
     Lower is more coherent; the data's constant-velocity clips score about 0.5 (rasterized shapes make the tracked
-    centre wobble by a fraction of a pixel), frame-shuffled ones about 5. Chapter 10, "Measuring coherence"."""
+    centre wobble by a fraction of a pixel), frame-shuffled ones about 5. Chapter 11, "Measuring coherence"."""
     return _incoherence(track(clips, **kwargs), missing)
 
 
@@ -103,7 +103,7 @@ def moves_like_data(
 def summary(clips: torch.Tensor, data_speed: float = 1.5, missing: float = 8.0, **kwargs) -> dict[str, float]:
     """One tracking pass, four numbers for a batch of clips: mean incoherence, median speed (over the clips with a
     speed), the share of clips that move like the data, and the share of frames without a trackable sprite.
-    Chapter 10's coherence table has one row of these per model."""
+    Chapter 11's coherence table has one row of these per model."""
     tracks = track(clips, **kwargs)
     return {
         "incoherence": _incoherence(tracks, missing).mean().item(),

@@ -1,5 +1,5 @@
 """A video diffusion denoiser with factorized space-time blocks, and the inflation of an image denoiser into it
-(chapter 10, "Video diffusion"; survey eq. 125 and Box 12).
+(chapter 11, "Video diffusion"; survey eq. 125 and Box 12).
 
 | name in code | symbol |
 | ------------ | ------ |
@@ -29,7 +29,7 @@ from genbook.nets.transformer import attend
 def frames_to_sequences(h: torch.Tensor, frames: int) -> torch.Tensor:
     """Per-frame features of B clips, (B*T, C, H, W) clip-major (row b*T + t is frame t of clip b), as one sequence
     over time per clip and spatial position: (B*H*W, T, C), row b*H*W + p holding position p of clip b. What
-    factorized temporal attention attends over (survey eq. 125); chapter 10, "Video diffusion"."""
+    factorized temporal attention attends over (survey eq. 125); chapter 11, "Video diffusion"."""
     bt, c, hh, ww = h.shape
     if bt % frames:
         raise ValueError(f"{bt} frames in the batch is not a whole number of clips of {frames} frames")

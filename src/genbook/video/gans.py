@@ -1,4 +1,4 @@
-"""Video GANs of chapter 10: VGAN's two-stream generator (survey eq. 113-114) and MoCoGAN's content/motion split
+"""Video GANs of chapter 11: VGAN's two-stream generator (survey eq. 113-114) and MoCoGAN's content/motion split
 (eq. 116-119), with a 3-D convolutional video discriminator and one training loop for both.
 
 | name in code | symbol |
@@ -42,7 +42,7 @@ def _check(cfg: VideoGANConfig) -> None:
 
 class TwoStreamGenerator(nn.Module):
     """VGAN (Vondrick et al. 2016): a 3-D stream draws a foreground video f and a mask m, a 2-D stream a static
-    background b, and G(z) = m(z) * f(z) + (1 - m(z)) * b(z) (survey eq. 113). Chapter 10, "Two streams".
+    background b, and G(z) = m(z) * f(z) + (1 - m(z)) * b(z) (survey eq. 113). Chapter 11, "Two streams".
     Shapes: z (B, z_dim) -> video (B, T, C, H, W); ``parts`` also returns f (B, T, C, H, W), m (B, T, 1, H, W),
     b (B, C, H, W)."""
 
@@ -100,7 +100,7 @@ class MotionRNN(nn.Module):
 
 class ContentMotionGenerator(nn.Module):
     """MoCoGAN (Tulyakov et al. 2018): frame t = G_I([z_c, z_m^(t)]) with one content code z_c per clip and motion
-    codes from :class:`MotionRNN` (survey eq. 116-117); G_I is an image generator. Chapter 10, "Content and motion".
+    codes from :class:`MotionRNN` (survey eq. 116-117); G_I is an image generator. Chapter 11, "Content and motion".
     Shapes: z_c (B, content_dim), eps (B, T, motion_dim), h0 (B, motion_dim) -> video (B, T, C, H, W)."""
 
     def __init__(self, cfg: VideoGANConfig):
@@ -164,7 +164,7 @@ def train_video_gan(
     ``draw(n)`` returns n generated clips and an extra generator loss (VGAN's lambda ||m||_1, or 0). With an image
     discriminator ``d_image``, one random frame per clip is judged by D_I as well: MoCoGAN's objective
     F_V(D_I, D_V, G_I, R_M) (survey eq. 118-119), the sum of the two GAN losses. ``batches`` yields real clips
-    (B, T, C, H, W) in [-1, 1]. Chapter 10.
+    (B, T, C, H, W) in [-1, 1]. Chapter 11.
     """
     params_d = list(d_video.parameters()) + (list(d_image.parameters()) if d_image is not None else [])
     opt_g = torch.optim.Adam(g_params, lr=lr, betas=betas)

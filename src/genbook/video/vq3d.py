@@ -1,4 +1,4 @@
-"""VideoGPT's two stages at toy size (chapter 10, "Video tokens"; survey eq. 120-124): a 3-D VQ-VAE turns a clip
+"""VideoGPT's two stages at toy size (chapter 11, "Video tokens"; survey eq. 120-124): a 3-D VQ-VAE turns a clip
 into a small volume of discrete codes, and an autoregressive transformer models the flattened code volume.
 
 | name in code | symbol |
