@@ -422,3 +422,26 @@ def test_slerp_stays_on_the_sphere_at_an_even_angle():
         assert torch.allclose(m.norm(dim=-1), torch.ones(3), atol=1e-5)
         assert torch.allclose(torch.acos((a * m).sum(-1).clamp(-1, 1)), t * theta, atol=1e-4)
     assert torch.allclose(t2i.slerp(a, a, 0.3), a, atol=1e-6)  # no division by zero where a = b
+
+
+def test_cached_text_gives_the_model_output_and_encodes_each_caption_batch_once():
+    torch.manual_seed(0)
+    vocab = t2i.Vocabulary()
+    den = t2i.TextDiT(t2i.TextEncoder(len(vocab), dim=16, depth=1), channels=4, size=4, dim=16, depth=1, heads=4).eval()
+    for block in den.blocks:
+        torch.nn.init.normal_(block.cross.proj.weight, std=0.2)
+    torch.nn.init.normal_(den.out.weight, std=0.2)
+    y = vocab.encode(["a red square at the top", "a small blue disc"])
+    calls = []
+    den.text.register_forward_hook(lambda *_: calls.append(1))
+    cached = t2i.CachedText(den)
+    guided = dif.classifier_free(cached, 2.0)
+    with torch.no_grad():
+        x = torch.randn(2, 4, 4, 4)
+        for t in (900, 500, 100):
+            tt = torch.full((2,), t)
+            assert torch.allclose(guided(x, tt, y), dif.classifier_free(den, 2.0)(x, tt, y), atol=1e-6)
+    assert len(calls) == 1 + 3  # the cached function encoded once; the plain model three times
+    with torch.no_grad():
+        other = vocab.encode(["a big green triangle", "a yellow box on the left"])
+        assert torch.allclose(cached(x, tt, other), den(x, tt, other), atol=1e-6)  # new captions are encoded anew

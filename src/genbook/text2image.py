@@ -276,14 +276,20 @@ class TextDiT(nn.Module):
         for block in self.blocks:
             block.cross.keep, block.cross.weights = keep, None
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        b, ch, s, _ = x.shape
+    def encode_text(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The caption's features and mask, (B, L, Dt) and (B, L): what every block's cross-attention reads."""
         if self.freeze_text:
             self.text.eval()
             with torch.no_grad():
-                h, mask = self.text(y)
-        else:
-            h, mask = self.text(y)
+                return self.text(y)
+        return self.text(y)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.denoise(x, t, *self.encode_text(y))
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """eps_theta(z_t, t, caption) from the caption's features (``encode_text``), so a sampler can encode once."""
+        b, ch, s, _ = x.shape
         z = self.embed(x.flatten(2).transpose(1, 2)) + self.pos  # (B, S*S, D)
         c = self.time(t)
         for block in self.blocks:
@@ -291,6 +297,20 @@ class TextDiT(nn.Module):
         shift, scale = self.ada(c).chunk(2, dim=1)
         z = self.out(_modulate(self.ln(z), shift, scale))  # (B, S*S, C)
         return z.transpose(1, 2).reshape(b, ch, s, s)
+
+
+class CachedText:
+    """An eps function for the samplers that encodes each batch of captions once: a call with the same tokens as
+    the call before reuses their features, so the text encoder runs once per sampling run (twice with guidance:
+    the captions and the empty ones) instead of once per step. Same outputs as ``model`` itself, in eval mode."""
+
+    def __init__(self, model: TextDiT):
+        self.model, self.y, self.context = model, None, None
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.y is None or self.y.shape != y.shape or not torch.equal(self.y, y):
+            self.y, self.context = y.clone(), self.model.encode_text(y)
+        return self.model.denoise(x, t, *self.context)
 
 
 # ----------------------------------------------------------------------------- latent autoencoder
@@ -772,8 +792,9 @@ class EmbeddingPrior(nn.Module):
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
     """Spherical interpolation between unit vectors, (sin((1 - t) theta) a + sin(t theta) b) / sin(theta) with
     cos(theta) = <a, b>: every point is a unit vector, and the angle moves evenly with t (DALL-E 2 interpolates
-    CLIP image embeddings so). a, b (..., E), t a number or broadcastable to (..., 1); linear where a and b nearly
-    coincide, where the formula divides by almost zero."""
+    CLIP image embeddings so). a, b (..., E), t a number or broadcastable to (..., 1). Where sin(theta) is almost
+    zero the formula divides by it, and the straight line (1 - t) a + t b is returned instead: a itself where a = b;
+    for opposite vectors, where no single great circle joins them, a point that is not a unit vector."""
     t = torch.as_tensor(t, dtype=a.dtype, device=a.device)
     dot = (a * b).sum(-1, keepdim=True).clamp(-1.0, 1.0)
     theta = torch.acos(dot)
