@@ -422,6 +422,9 @@ def test_slerp_stays_on_the_sphere_at_an_even_angle():
         assert torch.allclose(m.norm(dim=-1), torch.ones(3), atol=1e-5)
         assert torch.allclose(torch.acos((a * m).sum(-1).clamp(-1, 1)), t * theta, atol=1e-4)
     assert torch.allclose(t2i.slerp(a, a, 0.3), a, atol=1e-6)  # no division by zero where a = b
+    e = torch.tensor([[0.6, 0.8, 0.0], [0.0, 0.0, 1.0]])  # exactly unit: <e, e> = 1, sin(theta) = 0 exactly
+    same = t2i.slerp(e, e.clone(), 0.4)
+    assert torch.isfinite(same).all() and torch.allclose(same, e, atol=1e-6)
 
 
 def test_cached_text_gives_the_model_output_and_encodes_each_caption_batch_once():
@@ -430,7 +433,9 @@ def test_cached_text_gives_the_model_output_and_encodes_each_caption_batch_once(
     den = t2i.TextDiT(t2i.TextEncoder(len(vocab), dim=16, depth=1), channels=4, size=4, dim=16, depth=1, heads=4).eval()
     for block in den.blocks:
         torch.nn.init.normal_(block.cross.proj.weight, std=0.2)
+        torch.nn.init.normal_(block.ada[1].weight, std=0.2)  # so that the output depends on t too
     torch.nn.init.normal_(den.out.weight, std=0.2)
+    torch.nn.init.normal_(den.ada[1].weight, std=0.2)
     y = vocab.encode(["a red square at the top", "a small blue disc"])
     calls = []
     den.text.register_forward_hook(lambda *_: calls.append(1))
@@ -442,6 +447,12 @@ def test_cached_text_gives_the_model_output_and_encodes_each_caption_batch_once(
             tt = torch.full((2,), t)
             assert torch.allclose(guided(x, tt, y), dif.classifier_free(den, 2.0)(x, tt, y), atol=1e-6)
     assert len(calls) == 1 + 3  # the cached function encoded once; the plain model three times
+    sched = dif.cosine_schedule(100)
+    kw = dict(steps=5, y=y, generator=None)
+    with torch.no_grad():
+        a = dif.ddim_sample(dif.classifier_free(t2i.CachedText(den), 2.0), sched, (2, 4, 4, 4), x_T=x, **kw)
+        b = dif.ddim_sample(dif.classifier_free(den, 2.0), sched, (2, 4, 4, 4), x_T=x, **kw)
+    assert torch.allclose(a, b, atol=1e-5) and (a - x).abs().max() > 1e-2
     with torch.no_grad():
         other = vocab.encode(["a big green triangle", "a yellow box on the left"])
         assert torch.allclose(cached(x, tt, other), den(x, tt, other), atol=1e-6)  # new captions are encoded anew

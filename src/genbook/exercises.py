@@ -690,6 +690,10 @@ _CODES_DIAG = (
         "the nearest code is the one at the smallest distance (argmin), not the largest",
     ),
     (
+        lambda z, book: torch.cdist(z.permute(0, 3, 2, 1).reshape(-1, z.shape[1]), book).argmin(1).view(z.shape[0], *z.shape[2:]),
+        "the positions come out in the wrong order: permute(0, 2, 3, 1) lists them row by row, as view(B, h, w) reads them",
+    ),
+    (
         _codes_dot,
         "the largest dot product is not the nearest code: ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2, and ||e||^2 differs between codes",
     ),
@@ -701,8 +705,8 @@ def _unit_pair(seed: int, n: int = 4, e: int = 6, t: float = 0.3) -> tuple:
 
 
 def _same_pair(seed: int) -> tuple:
-    a = F.normalize(_randn(3, 5, seed=seed), dim=-1)
-    return a, a.clone(), 0.4
+    a = torch.tensor([[0.6, 0.8, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, -0.8, 0.6]])  # exactly unit
+    return a, a.clone(), 0.4  # <a, a> = 1 exactly, so sin(theta) = 0: the formula divides by zero
 
 
 _SLERP = dict(function="slerp", rtol=1e-4, atol=1e-5)
@@ -1372,7 +1376,7 @@ def _exercises() -> tuple[Exercise, ...]:
             "spherical interpolation of embeddings",
             (
                 c("four pairs, t = 0.3", lambda: _unit_pair(145), text2image.slerp, _SLERP_DIAG, **_SLERP),
-                c("t = 0.5", lambda: _unit_pair(146, t=0.5), text2image.slerp, _SLERP_DIAG, **_SLERP),
+                c("t = 0.8", lambda: _unit_pair(146, t=0.8), text2image.slerp, _SLERP_DIAG, **_SLERP),
                 c("t = 0 gives a", lambda: _unit_pair(147, t=0.0), text2image.slerp, _SLERP_DIAG, hidden=True, **_SLERP),
                 c("a = b: no division by zero", lambda: _same_pair(148), text2image.slerp, _SLERP_DIAG, hidden=True, **_SLERP),
             ),

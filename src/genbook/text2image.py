@@ -301,8 +301,10 @@ class TextDiT(nn.Module):
 
 class CachedText:
     """An eps function for the samplers that encodes each batch of captions once: a call with the same tokens as
-    the call before reuses their features, so the text encoder runs once per sampling run (twice with guidance:
-    the captions and the empty ones) instead of once per step. Same outputs as ``model`` itself, in eval mode."""
+    the call before reuses their features, so the text encoder runs once per sampling run instead of once per step
+    (``diffusion.classifier_free`` passes the captions and the empty ones as one batch, encoded together). It holds
+    one entry: a sampler that alternated between two caption batches would encode at every call. Same outputs as
+    ``model`` itself, in eval mode."""
 
     def __init__(self, model: TextDiT):
         self.model, self.y, self.context = model, None, None
