@@ -61,12 +61,34 @@ test-integration: $(STAMP) ## the slow end-to-end tests: torchrun on two process
 # Two notebooks at a time, one torch thread each (pytest-xdist, a notebook per worker): the robustness protocol's
 # own setting, under which every check has held in its six runs; on 2 cores it takes about 30% less time than one
 # notebook at a time on two threads. NBVAL_JOBS=1 runs them one at a time, as a reader does.
+# The workers take the notebooks in the order given (--no-loadscope-reorder: xdist would sort them by cell count),
+# longest first, so that both finish at about the same time: a worker always holds its next notebook, and a long
+# one left to the end would run while the other worker idles. The order is from the nbval times of a fresh clone
+# (2026-12-06, one thread each, in seconds: 09 374, 08 355, 11 317, 10 314, 13 251, 06 249, 12 248, 03 244, 05 231,
+# 07 214, 04 212, 02 201, 01 41); a notebook missing from it runs last.
+LONGEST_FIRST := 09 08 11 10 13 06 12 03 05 07 04 02 01
+NOTEBOOKS_BY_COST = $(foreach n,$(LONGEST_FIRST),$(filter chapters/$(n)_%,$(NOTEBOOKS))) $(filter-out $(foreach n,$(LONGEST_FIRST),chapters/$(n)_%),$(NOTEBOOKS))
 NBVAL_JOBS ?= 2
 test-notebooks: $(STAMP) ## run every chapter with nbval in the fast profile (lax: cells must run; GENBOOK_STRICT=1: checks raise); two at a time, one thread each
-	GENBOOK_PROFILE=fast GENBOOK_STATIC=1 GENBOOK_STRICT=1 $(if $(filter 1,$(NBVAL_JOBS)),,GENBOOK_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1) $(PY) -m pytest --nbval-lax --nbval-cell-timeout=900 -p no:cacheprovider $(if $(filter 1,$(NBVAL_JOBS)),,-n $(NBVAL_JOBS) --dist loadscope) $(NOTEBOOKS) -q --durations=0
+	GENBOOK_PROFILE=fast GENBOOK_STATIC=1 GENBOOK_STRICT=1 $(if $(filter 1,$(NBVAL_JOBS)),,GENBOOK_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1) $(PY) -m pytest --nbval-lax --nbval-cell-timeout=900 -p no:cacheprovider $(if $(filter 1,$(NBVAL_JOBS)),,-n $(NBVAL_JOBS) --dist loadscope --no-loadscope-reorder) $(NOTEBOOKS_BY_COST) -q --durations=0
 
-test-smoke: $(STAMP) ## every chapter in smoke mode: the full profile's sizes on the CPU, training loops cut to 3 steps (an error fails; checks are reported, not enforced); projected GPU cost in _build/projection.json
+# Smoke mode in two halves at once, one torch thread each, as the notebooks run (SMOKE_JOBS=1: one process, two
+# threads). The halves balance the smoke times of a fresh clone (2026-12-06, two threads, in seconds: 06 72, 09 64,
+# 11 64, 07 54, 08 45, 12 43, 13 38, 10 27, 05 25, 04 21, 02 15, 03 12, 01 11); a chapter not in the first half runs
+# in the second. A chapter over --max-seconds fails: the guard against a loop smoke mode did not cut, which would run
+# for many minutes, so it is doubled for a process that shares the cores.
+SMOKE_JOBS ?= 2
+SMOKE_FIRST := 06 11 08 10 04 02
+SMOKE_SECOND = $(filter-out $(addsuffix _%,$(SMOKE_FIRST)),$(patsubst chapters/%.ipynb,%,$(NOTEBOOKS)))
+test-smoke: $(STAMP) ## every chapter in smoke mode: the full profile's sizes on the CPU, training loops cut to 3 steps (an error fails; checks are reported, not enforced); projected GPU cost in _build/projection*.json
+ifeq ($(SMOKE_JOBS),1)
 	GENBOOK_DEVICE=cpu $(PY) tools/bench.py --smoke --out _build/projection.json --max-seconds 120 --timeout 300
+else
+	export GENBOOK_DEVICE=cpu GENBOOK_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1; \
+	$(PY) tools/bench.py --smoke --chapters $(SMOKE_FIRST) --out _build/projection-1.json --max-seconds 240 --timeout 600 & first=$$!; \
+	$(PY) tools/bench.py --smoke --chapters $(SMOKE_SECOND) --out _build/projection-2.json --max-seconds 240 --timeout 600; second=$$?; \
+	wait $$first && test $$second -eq 0
+endif
 
 projection: $(STAMP) ## as test-smoke, counting all work, into bench/projection.json: the full profile's projected time and memory on a T4, an A100 and an H200
 	GENBOOK_DEVICE=cpu $(PY) tools/bench.py --smoke --count --max-seconds 400 --timeout 600
