@@ -163,8 +163,21 @@ class _Game:
     """The two players of :func:`train_gan` and one step of each: the losses, penalties and updates of Box 3 and 4."""
 
     def __init__(
-        self, generator, discriminator, z_dim, loss, r1_gamma, gp_weight, clip_value, conditional, acgan, rng, g_penalty, lr, betas,
-        r1_every=1,
+        self,
+        generator,
+        discriminator,
+        z_dim,
+        loss,
+        r1_gamma,
+        gp_weight,
+        clip_value,
+        conditional,
+        acgan,
+        rng,
+        g_penalty,
+        lr,
+        betas,
+        r1_every,
     ):
         self.G, self.D = generator, discriminator
         self.z_dim, self.loss, self.r1_gamma, self.gp_weight, self.clip_value = z_dim, loss, r1_gamma, gp_weight, clip_value
@@ -293,7 +306,19 @@ def train_gan(
     if not (isinstance(r1_every, int) and r1_every >= 1):
         raise ValueError(f"r1_every must be a whole number of discriminator steps >= 1, got {r1_every!r}")
     game = _Game(
-        generator, discriminator, z_dim, loss, r1_gamma, gp_weight, clip_value, conditional, acgan, generator_rng, g_penalty, lr, betas,
+        generator,
+        discriminator,
+        z_dim,
+        loss,
+        r1_gamma,
+        gp_weight,
+        clip_value,
+        conditional,
+        acgan,
+        generator_rng,
+        g_penalty,
+        lr,
+        betas,
         r1_every,
     )
     hist = GANHistory()
