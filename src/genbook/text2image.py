@@ -24,7 +24,7 @@ from genbook import data, metrics, runtime
 from genbook.diffusion.samplers import ddim_sample
 from genbook.nets.dit import _modulate
 from genbook.nets.embeddings import SinusoidalEmbedding
-from genbook.nets.transformer import TransformerBlock, attend
+from genbook.nets.transformer import TransformerBlock, attend, cached_attention, empty_kv_cache
 from genbook.train import History, fit
 from genbook.vqvae import VectorQuantizer
 
@@ -652,11 +652,7 @@ class TokenDecoderBlock(nn.Module):
         return x + self.mlp(self.ln3(x))
 
     def step(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, t: int, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        b, _, c = x.shape
-        q, k, v = self.qkv(self.ln1(x)).reshape(b, 1, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)  # (B, nh, 1, hd)
-        keys[:, :, t : t + 1], values[:, :, t : t + 1] = k, v
-        y = F.scaled_dot_product_attention(q, keys[:, :, : t + 1], values[:, :, : t + 1])  # slots 0..t: all in the past
-        x = x + self.proj(y.transpose(1, 2).reshape(b, 1, c))
+        x = x + cached_attention(self.qkv, self.proj, self.heads, self.ln1(x), keys, values, t)
         x = x + self.cross(self.ln2(x), h, mask)
         return x + self.mlp(self.ln3(x))
 
@@ -701,10 +697,8 @@ class CaptionToTokens(nn.Module):
         if guided:
             tokens = torch.cat([tokens, torch.full_like(tokens, -1)])
         h, mask = self.text(tokens)
-        rows, dim = len(tokens), self.pos.shape[-1]
-        heads = self.blocks[0].heads
-        shape = (len(self.blocks), rows, heads, n, dim // heads)
-        keys, values = torch.empty(shape, device=h.device, dtype=h.dtype), torch.empty(shape, device=h.device, dtype=h.dtype)
+        rows = len(tokens)
+        keys, values = empty_kv_cache(len(self.blocks), rows, self.blocks[0].heads, n, self.pos.shape[-1], like=h)
         out = torch.empty(b, n, dtype=torch.long, device=h.device)
         token = torch.full((rows,), self.num_codes, dtype=torch.long, device=h.device)
         for t in range(n):
@@ -749,7 +743,7 @@ class EmbeddingContext(nn.Module):
     def forward(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b = len(emb)
         none = (emb == -1).all(1)[:, None, None]
-        h = torch.where(none, self.null.expand(b, -1, -1), self.proj(emb.clamp(min=-1, max=1)).view(b, self.n, -1))
+        h = torch.where(none, self.null.expand(b, -1, -1), self.proj(emb).view(b, self.n, -1))
         return self.ln(h), torch.ones(b, self.n, dtype=torch.bool, device=emb.device)
 
 

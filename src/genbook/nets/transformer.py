@@ -26,6 +26,29 @@ def attend(qkv: torch.Tensor, heads: int, causal: bool = False, dropout: float =
     return y.transpose(1, 2).reshape(b, t, c)  # (B, T, C)
 
 
+def cached_attention(
+    qkv: nn.Module, proj: nn.Module, heads: int, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, t: int
+) -> torch.Tensor:
+    """Self-attention of one position ``t`` over a KV cache, after its output projection: x (B, 1, C), already
+    normalized -> (B, 1, C), the term a pre-norm block adds to its input.
+
+    ``keys`` and ``values`` (B, nh, T, hd) hold the keys and values of positions 0..t-1; this position's are written
+    into slot t, and its query attends to slots 0..t, all of them in its past: causal without a mask. Shared by every
+    block with a ``step`` (:class:`TransformerBlock`, chapter 9's ``TokenDecoderBlock``)."""
+    b, _, c = x.shape
+    q, k, v = qkv(x).reshape(b, 1, 3, heads, c // heads).permute(2, 0, 3, 1, 4)  # (B, nh, 1, hd)
+    keys[:, :, t : t + 1], values[:, :, t : t + 1] = k, v
+    y = F.scaled_dot_product_attention(q, keys[:, :, : t + 1], values[:, :, : t + 1])  # (B, nh, 1, hd)
+    return proj(y.transpose(1, 2).reshape(b, 1, c))
+
+
+def empty_kv_cache(depth: int, batch: int, heads: int, length: int, dim: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Key and value caches for ``depth`` blocks, each (depth, batch, heads, length, dim // heads), on the device and
+    in the dtype of ``like``; :func:`cached_attention` fills slot t of block i's at position t."""
+    shape = (depth, batch, heads, length, dim // heads)
+    return torch.empty(shape, device=like.device, dtype=like.dtype), torch.empty(shape, device=like.device, dtype=like.dtype)
+
+
 class TransformerBlock(nn.Module):
     """x + attn(LN(x)), then x + MLP(LN(x)). Shapes: (B, T, C) -> (B, T, C)."""
 
@@ -51,11 +74,7 @@ class TransformerBlock(nn.Module):
         ``keys`` and ``values`` (B, nh, T, hd) hold the keys and values of positions 0..t-1; this position's are
         written into slot t, and its query attends to slots 0..t, all of them in its past: causal without a mask.
         """
-        b, _, c = x.shape
-        q, k, v = self.qkv(self.ln1(x)).reshape(b, 1, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)  # (B, nh, 1, hd)
-        keys[:, :, t : t + 1], values[:, :, t : t + 1] = k, v
-        y = F.scaled_dot_product_attention(q, keys[:, :, : t + 1], values[:, :, : t + 1])  # (B, nh, 1, hd)
-        x = x + self.proj(y.transpose(1, 2).reshape(b, 1, c))
+        x = x + cached_attention(self.qkv, self.proj, self.heads, self.ln1(x), keys, values, t)
         return x + self.mlp(self.ln2(x))
 
 
@@ -101,9 +120,7 @@ class TinyTransformer(nn.Module):
     def kv_cache(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Empty key and value caches for :meth:`step`, each (depth, B, nh, seq_len, hd)."""
         cfg = self.cfg
-        shape = (cfg.depth, batch, cfg.heads, cfg.seq_len, cfg.dim // cfg.heads)
-        p = self.pos
-        return torch.empty(shape, device=p.device, dtype=p.dtype), torch.empty(shape, device=p.device, dtype=p.dtype)
+        return empty_kv_cache(cfg.depth, batch, cfg.heads, cfg.seq_len, cfg.dim, like=self.pos)
 
     def step(self, token: torch.Tensor, t: int, cache: tuple[torch.Tensor, torch.Tensor], y: torch.Tensor | None = None) -> torch.Tensor:
         """Logits at position ``t`` given the token there and the cached past: token (B,) -> (B, V).
