@@ -163,26 +163,11 @@ class _Game:
     """The two players of :func:`train_gan` and one step of each: the losses, penalties and updates of Box 3 and 4."""
 
     def __init__(
-        self,
-        generator,
-        discriminator,
-        z_dim,
-        loss,
-        r1_gamma,
-        gp_weight,
-        clip_value,
-        conditional,
-        acgan,
-        rng,
-        g_penalty,
-        lr,
-        betas,
-        r1_every,
+        self, generator, discriminator, z_dim, loss, r1_gamma, gp_weight, clip_value, conditional, acgan, rng, g_penalty, lr, betas
     ):
         self.G, self.D = generator, discriminator
         self.z_dim, self.loss, self.r1_gamma, self.gp_weight, self.clip_value = z_dim, loss, r1_gamma, gp_weight, clip_value
         self.conditional, self.acgan, self.rng, self.g_penalty = conditional, acgan, rng, g_penalty
-        self.r1_every, self.d_steps = r1_every, 0
         self.device = next(generator.parameters()).device
         self.opt_g = torch.optim.Adam(generator.parameters(), lr=lr, betas=betas)
         self.opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=betas)
@@ -209,9 +194,8 @@ class _Game:
         ld = wgan_critic_loss(real_out, fake_out) if self.loss.startswith("wgan") else d_loss(real_out, fake_out)
         if self.loss == "wgan-gp":
             ld = ld + self.gp_weight * gradient_penalty(self.D, real, fake, *extra)
-        if self.r1_gamma and self.d_steps % self.r1_every == 0:  # lazy: every r1_every-th step, r1_every times as strong
-            ld = ld + 0.5 * self.r1_gamma * self.r1_every * r1_penalty(self.D, real, *extra)
-        self.d_steps += 1
+        if self.r1_gamma:
+            ld = ld + 0.5 * self.r1_gamma * r1_penalty(self.D, real, *extra)
         if self.acgan:  # L_C of eq. 44 on real and fake samples
             ld = ld + F.cross_entropy(real_cls, y) + F.cross_entropy(fake_cls, y)
         self.opt_d.zero_grad(set_to_none=True)
@@ -269,7 +253,6 @@ def train_gan(
     z_dim: int = 32,
     loss: str = "nonsaturating",
     r1_gamma: float = 0.0,
-    r1_every: int = 1,
     n_critic: int = 1,
     lr: float = 2e-4,
     betas: tuple[float, float] = (0.5, 0.999),
@@ -286,8 +269,6 @@ def train_gan(
 
     ``batches`` yields real images (or (images, labels) when ``conditional``). The losses are the
     ones named in :data:`LOSSES`; ``r1_gamma`` adds gamma/2 R1 (eq. 41) to the discriminator's loss;
-    ``r1_every = k`` adds it on every k-th discriminator step only, k times as strong: StyleGAN2's lazy regularization
-    (Karras et al. 2020), which saves most of R1's double backward pass at about the same average penalty;
     ``acgan`` adds the class cross-entropies L_C of eq. 44-45 to both players. ``g_penalty(fake)`` is added to the
     generator's loss on its batch (chapter 12's spectral regularization, eq. 129). The budget is ``steps`` generator
     steps, ``seconds`` of wall-clock time (chapter 13's equal budgets), or whichever runs out first.
@@ -303,23 +284,8 @@ def train_gan(
         raise ValueError(f"unknown GAN loss {loss!r}; valid losses are {', '.join(LOSSES)}")
     if acgan and not conditional:
         raise ValueError("acgan=True needs conditional=True: the batches must carry labels")
-    if not (isinstance(r1_every, int) and r1_every >= 1):
-        raise ValueError(f"r1_every must be a whole number of discriminator steps >= 1, got {r1_every!r}")
     game = _Game(
-        generator,
-        discriminator,
-        z_dim,
-        loss,
-        r1_gamma,
-        gp_weight,
-        clip_value,
-        conditional,
-        acgan,
-        generator_rng,
-        g_penalty,
-        lr,
-        betas,
-        r1_every,
+        generator, discriminator, z_dim, loss, r1_gamma, gp_weight, clip_value, conditional, acgan, generator_rng, g_penalty, lr, betas
     )
     hist = GANHistory()
     log = _GANLog(hist)
