@@ -292,6 +292,116 @@ def test_distillation_loss_trains_the_student_only():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
 
 
+def test_distillation_target_with_clipping_follows_the_clipped_sampler():
+    """With clip_x0 the target is built from two clipped teacher steps, the sampler the student replaces: a DDIM step
+    with x0_hat = x0_tilde lands on them, and the target differs from the unclipped one when clipping bites."""
+    sched = dif.cosine_schedule(100)
+    f = exact_eps(sched)
+    z = 3 * torch.randn(64, 2)  # wide enough that the teacher's x0 estimates leave [-1, 1] at t = 60
+    t, t_mid, t_next = 60, 40, 20
+    x0_tilde = dif.distillation_target(f, sched, z, t, t_mid, t_next, clip_x0=1.0)
+    two = dif.ddim_step(f, sched, dif.ddim_step(f, sched, z, t, t_mid, clip_x0=1.0), t_mid, t_next, clip_x0=1.0)
+    ab, ab_next = sched.alpha_bar[t].item(), sched.alpha_bar[t_next].item()
+    eps_implied = (z - math.sqrt(ab) * x0_tilde) / math.sqrt(1 - ab)
+    torch.testing.assert_close(math.sqrt(ab_next) * x0_tilde + math.sqrt(1 - ab_next) * eps_implied, two, atol=1e-4, rtol=1e-4)
+    assert (x0_tilde - dif.distillation_target(f, sched, z, t, t_mid, t_next)).abs().max() > 0.1
+
+
+def test_x0_student_gives_samplers_the_eps_of_its_clipped_clean_image():
+    """X0Student's eps, read back through eq. 84, is its network's x0 clipped to [-1, 1], at every step including the
+    last (alpha_bar ~ 2e-7); new_student(teacher, sched) starts it at x0 = 0 and leaves the teacher alone."""
+    from genbook.nets import MLP
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mlp = MLP(3, 2, (16,))
+
+        def forward(self, x, t, y=None):
+            return self.mlp(torch.cat([x, t.float()[:, None] / 100], 1))
+
+    sched = dif.cosine_schedule(100)
+    torch.manual_seed(0)
+    teacher = Net().requires_grad_(False)
+    before = [p.clone() for p in teacher.parameters()]
+    student = dif.new_student(teacher, sched)
+    assert isinstance(student, dif.X0Student) and all(p.requires_grad for p in student.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters(), strict=True))
+    z = torch.randn(8, 2, dtype=torch.float64)
+    t = torch.full((8,), 99)
+    assert student.predict_x0(z.float(), t).abs().max() == 0
+    net = Net().double()
+    with torch.no_grad():
+        net.mlp.net[-1].bias.fill_(0.5)  # some outputs beyond 1, so clipping shows
+        for step in (0, 50, 99):
+            t = torch.full((8,), step)
+            x0 = (3 * net(z, t)).clamp(-1, 1)
+            wide = dif.X0Student(lambda x, t, y=None: 3 * net(x, t), sched)
+            torch.testing.assert_close(sched.predict_x0(z, t, wide(z, t)), x0, atol=1e-6, rtol=1e-6)
+
+
+def test_distillation_loss_of_an_x0_student_regresses_its_clean_image():
+    """For an X0Student the loss is max(SNR_t, 1) ||net(z_t) - x0_tilde||^2 (Salimans & Ho's x-parameterization),
+    computed by hand from the same random draws, and it trains the student only."""
+    from genbook.nets import MLP
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mlp = MLP(3, 2, (16,))
+
+        def forward(self, x, t, y=None):
+            return self.mlp(torch.cat([x, t.float()[:, None] / 100], 1))
+
+    sched = dif.cosine_schedule(100)
+    torch.manual_seed(0)
+    teacher = Net().requires_grad_(False)
+    student = dif.X0Student(Net(), sched)
+    x0 = torch.randn(32, 2) * S_DATA
+    grid = [99, 35]  # a one-step student of a two-step teacher
+    torch.manual_seed(1)
+    loss = dif.distillation_loss(student, teacher, sched, x0, grid, clip_x0=1.0)
+    torch.manual_seed(1)
+    torch.randint(0, 1, ())  # the student step the loss draws (there is one)
+    z = sched.q_sample(x0, torch.full((32,), 99), torch.randn_like(x0))
+    target = dif.distillation_target(teacher, sched, z, 99, 35, -1, clip_x0=1.0)
+    expected = sched.snr(torch.tensor(99)).clamp(min=1.0) * (student.net(z, torch.full((32,), 99)) - target).pow(2).mean()
+    torch.testing.assert_close(loss, expected.float())
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_one_student_step_for_four_teacher_steps():
+    """per_step = 4: the target of a one-step student at t = 99 is where the teacher's four clipped DDIM steps land
+    (a list of intermediate steps in distillation_target), and the loss regresses the student's x0 on it."""
+    from genbook.nets import MLP
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mlp = MLP(3, 2, (16,))
+
+        def forward(self, x, t, y=None):
+            return self.mlp(torch.cat([x, t.float()[:, None] / 100], 1))
+
+    sched = dif.cosine_schedule(100)
+    torch.manual_seed(0)
+    teacher, student = Net().requires_grad_(False), dif.X0Student(Net(), sched)
+    x0 = torch.randn(32, 2) * S_DATA
+    grid = [99, 66, 33, 0]
+    torch.manual_seed(1)
+    loss = dif.distillation_loss(student, teacher, sched, x0, grid, clip_x0=1.0, per_step=4)
+    torch.manual_seed(1)
+    torch.randint(0, 1, ())
+    z = sched.q_sample(x0, torch.full((32,), 99), torch.randn_like(x0))
+    four = dif.ddim_sample(teacher, sched, z.shape, steps=grid, x_T=z, clip_x0=1.0)
+    torch.testing.assert_close(dif.distillation_target(teacher, sched, z, 99, [66, 33, 0], -1, clip_x0=1.0), four)
+    torch.testing.assert_close(loss, (student.net(z, torch.full((32,), 99)) - four).pow(2).mean())
+    with pytest.raises(ValueError, match="per_step"):
+        dif.distillation_loss(student, teacher, sched, x0, [99, 66, 33], per_step=2)
+
+
 def test_latent_normalizer_standardizes_and_round_trips():
     z = torch.randn(500, 8) * torch.linspace(0.1, 5, 8) + 3
     norm = dif.LatentNormalizer.fit(z)

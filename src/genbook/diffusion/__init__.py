@@ -2,7 +2,7 @@
 classifier and classifier-free guidance, EDM's Heun sampler, the variational bound on discrete images, progressive
 distillation."""
 
-from genbook.diffusion.distill import distillation_loss, distillation_target, halve, new_student
+from genbook.diffusion.distill import X0Student, distillation_loss, distillation_target, halve, new_student
 from genbook.diffusion.latent import LatentNormalizer
 from genbook.diffusion.likelihood import discretized_gaussian_log_likelihood, gaussian_kl, vlb
 from genbook.diffusion.samplers import (
@@ -21,6 +21,7 @@ from genbook.diffusion.samplers import (
 from genbook.diffusion.schedule import Schedule, cosine_alpha_bar, cosine_schedule, linear_schedule
 
 __all__ = [
+    "X0Student",
     "LatentNormalizer",
     "Schedule",
     "classifier_free",
