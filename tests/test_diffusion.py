@@ -292,12 +292,25 @@ def test_distillation_loss_trains_the_student_only():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
 
 
+class _TimeMLP(torch.nn.Module):
+    """A small network of (x, t) for the distillation tests: x (B, 2), t (B,) -> (B, 2)."""
+
+    def __init__(self):
+        super().__init__()
+        from genbook.nets import MLP
+
+        self.mlp = MLP(3, 2, (16,))
+
+    def forward(self, x, t, y=None):
+        return self.mlp(torch.cat([x, t.to(x.dtype)[:, None] / 100], 1))
+
+
 def test_distillation_target_with_clipping_follows_the_clipped_sampler():
     """With clip_x0 the target is built from two clipped teacher steps, the sampler the student replaces: a DDIM step
     with x0_hat = x0_tilde lands on them, and the target differs from the unclipped one when clipping bites."""
     sched = dif.cosine_schedule(100)
     f = exact_eps(sched)
-    z = 3 * torch.randn(64, 2)  # wide enough that the teacher's x0 estimates leave [-1, 1] at t = 60
+    z = 3 * torch.randn(64, 2, generator=torch.Generator().manual_seed(0))  # the teacher's x0 estimates leave [-1, 1]
     t, t_mid, t_next = 60, 40, 20
     x0_tilde = dif.distillation_target(f, sched, z, t, t_mid, t_next, clip_x0=1.0)
     two = dif.ddim_step(f, sched, dif.ddim_step(f, sched, z, t, t_mid, clip_x0=1.0), t_mid, t_next, clip_x0=1.0)
@@ -307,66 +320,74 @@ def test_distillation_target_with_clipping_follows_the_clipped_sampler():
     assert (x0_tilde - dif.distillation_target(f, sched, z, t, t_mid, t_next)).abs().max() > 0.1
 
 
-def test_x0_student_gives_samplers_the_eps_of_its_clipped_clean_image():
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-6), (torch.float32, 2e-3)])
+def test_x0_student_gives_samplers_the_eps_of_its_clipped_clean_image(dtype, tol):
     """X0Student's eps, read back through eq. 84, is its network's x0 clipped to [-1, 1], at every step including the
-    last (alpha_bar ~ 2e-7); new_student(teacher, sched) starts it at x0 = 0 and leaves the teacher alone."""
-    from genbook.nets import MLP
-
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.mlp = MLP(3, 2, (16,))
-
-        def forward(self, x, t, y=None):
-            return self.mlp(torch.cat([x, t.float()[:, None] / 100], 1))
-
+    last (alpha_bar ~ 2.4e-7, where float32 loses about 1e-3 of it: harmless for 17 grey levels)."""
     sched = dif.cosine_schedule(100)
     torch.manual_seed(0)
-    teacher = Net().requires_grad_(False)
-    before = [p.clone() for p in teacher.parameters()]
-    student = dif.new_student(teacher, sched)
-    assert isinstance(student, dif.X0Student) and all(p.requires_grad for p in student.parameters())
-    assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters(), strict=True))
-    z = torch.randn(8, 2, dtype=torch.float64)
-    t = torch.full((8,), 99)
-    assert student.predict_x0(z.float(), t).abs().max() == 0
-    net = Net().double()
+    net = _TimeMLP().to(dtype)
     with torch.no_grad():
         net.mlp.net[-1].bias.fill_(0.5)  # some outputs beyond 1, so clipping shows
+    wide = dif.X0Student(lambda x, t, y=None: 3 * net(x, t), sched)
+    z = torch.randn(8, 2, dtype=dtype)
+    with torch.no_grad():
         for step in (0, 50, 99):
             t = torch.full((8,), step)
             x0 = (3 * net(z, t)).clamp(-1, 1)
-            wide = dif.X0Student(lambda x, t, y=None: 3 * net(x, t), sched)
-            torch.testing.assert_close(sched.predict_x0(z, t, wide(z, t)), x0, atol=1e-6, rtol=1e-6)
+            assert x0.abs().max() == 1  # clipping bites
+            torch.testing.assert_close(sched.predict_x0(z, t, wide(z, t)).to(dtype), x0, atol=tol, rtol=tol)
+
+
+def test_new_student_zeroes_the_output_layer_of_the_books_networks():
+    """new_student(teacher, sched) copies the teacher and zeroes its output layer, so the X0Student starts at
+    x0_hat = 0 exactly, for a UNet (its last module is the output convolution), a DiT and an MLP; the teacher is
+    left as it was, and only the student trains."""
+    from genbook.nets import DiT, DiTConfig, UNet, UNetConfig
+
+    sched = dif.cosine_schedule(100)
+    x, t, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 30, 60, 99]), torch.tensor([1, 2, -1, 3])
+    torch.manual_seed(0)
+    cases = [
+        (UNet(UNetConfig(width=16, num_classes=10, time_scale=1.0)), (x, t, y)),
+        (DiT(DiTConfig(dim=32, depth=1, heads=4, patch=2, time_scale=1.0)), (x, t, None)),
+        (_TimeMLP(), (torch.randn(4, 2), t, None)),
+    ]
+    for teacher, args in cases:
+        teacher.requires_grad_(False)
+        with torch.no_grad():  # a DiT starts with a zero output layer of its own (adaLN-Zero): move every weight
+            for p in teacher.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        before = [p.clone() for p in teacher.parameters()]
+        assert teacher(*args).abs().max() > 0
+        student = dif.new_student(teacher, sched)
+        assert isinstance(student, dif.X0Student) and all(p.requires_grad for p in student.parameters())
+        assert student.predict_x0(*args).abs().max() == 0
+        assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters(), strict=True))
 
 
 def test_distillation_loss_of_an_x0_student_regresses_its_clean_image():
-    """For an X0Student the loss is max(SNR_t, 1) ||net(z_t) - x0_tilde||^2 (Salimans & Ho's x-parameterization),
-    computed by hand from the same random draws, and it trains the student only."""
-    from genbook.nets import MLP
-
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.mlp = MLP(3, 2, (16,))
-
-        def forward(self, x, t, y=None):
-            return self.mlp(torch.cat([x, t.float()[:, None] / 100], 1))
-
+    """For an X0Student the loss is max(SNR_t, 1) ||net(z_t) - x0_tilde||^2 (Salimans & Ho's x-parameterization) on
+    the network's unclipped output, computed by hand from the same random draws (at t = 30, where SNR > 1 weighs in);
+    the target is detached, so only the student gets gradients."""
     sched = dif.cosine_schedule(100)
     torch.manual_seed(0)
-    teacher = Net().requires_grad_(False)
-    student = dif.X0Student(Net(), sched)
+    teacher, net = _TimeMLP(), _TimeMLP()  # the teacher trainable: the target must not carry its graph
+    with torch.no_grad():
+        net.mlp.net[-1].bias.fill_(2.0)  # outputs beyond 1: an eps reading (clipped) would differ by O(1)
+    student = dif.X0Student(net, sched)
     x0 = torch.randn(32, 2) * S_DATA
-    grid = [99, 35]  # a one-step student of a two-step teacher
+    grid = [30, 20]  # a one-step student at t = 30 of a two-step teacher
+    weight = sched.snr(torch.tensor(30)).item()
+    assert weight > 2
     torch.manual_seed(1)
     loss = dif.distillation_loss(student, teacher, sched, x0, grid, clip_x0=1.0)
     torch.manual_seed(1)
     torch.randint(0, 1, ())  # the student step the loss draws (there is one)
-    z = sched.q_sample(x0, torch.full((32,), 99), torch.randn_like(x0))
-    target = dif.distillation_target(teacher, sched, z, 99, 35, -1, clip_x0=1.0)
-    expected = sched.snr(torch.tensor(99)).clamp(min=1.0) * (student.net(z, torch.full((32,), 99)) - target).pow(2).mean()
-    torch.testing.assert_close(loss, expected.float())
+    z = sched.q_sample(x0, torch.full((32,), 30), torch.randn_like(x0))
+    target = dif.distillation_target(teacher, sched, z, 30, 20, -1, clip_x0=1.0)
+    expected = weight * (net(z, torch.full((32,), 30)) - target).pow(2).mean()
+    torch.testing.assert_close(loss, expected)
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
     assert all(p.grad is None for p in teacher.parameters())
@@ -374,20 +395,11 @@ def test_distillation_loss_of_an_x0_student_regresses_its_clean_image():
 
 def test_one_student_step_for_four_teacher_steps():
     """per_step = 4: the target of a one-step student at t = 99 is where the teacher's four clipped DDIM steps land
-    (a list of intermediate steps in distillation_target), and the loss regresses the student's x0 on it."""
-    from genbook.nets import MLP
-
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.mlp = MLP(3, 2, (16,))
-
-        def forward(self, x, t, y=None):
-            return self.mlp(torch.cat([x, t.float()[:, None] / 100], 1))
-
+    (a list of intermediate steps in distillation_target), and the loss regresses the student's x0 on it; a grid that
+    does not split into groups of per_step >= 2 is refused."""
     sched = dif.cosine_schedule(100)
     torch.manual_seed(0)
-    teacher, student = Net().requires_grad_(False), dif.X0Student(Net(), sched)
+    teacher, student = _TimeMLP().requires_grad_(False), dif.X0Student(_TimeMLP(), sched)
     x0 = torch.randn(32, 2) * S_DATA
     grid = [99, 66, 33, 0]
     torch.manual_seed(1)
@@ -398,8 +410,9 @@ def test_one_student_step_for_four_teacher_steps():
     four = dif.ddim_sample(teacher, sched, z.shape, steps=grid, x_T=z, clip_x0=1.0)
     torch.testing.assert_close(dif.distillation_target(teacher, sched, z, 99, [66, 33, 0], -1, clip_x0=1.0), four)
     torch.testing.assert_close(loss, (student.net(z, torch.full((32,), 99)) - four).pow(2).mean())
-    with pytest.raises(ValueError, match="per_step"):
-        dif.distillation_loss(student, teacher, sched, x0, [99, 66, 33], per_step=2)
+    for bad, per_step in (([99, 66, 33], 2), (grid, 1)):
+        with pytest.raises(ValueError, match="per_step"):
+            dif.distillation_loss(student, teacher, sched, x0, bad, per_step=per_step)
 
 
 def test_latent_normalizer_standardizes_and_round_trips():

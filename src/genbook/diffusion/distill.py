@@ -1,10 +1,10 @@
 """Progressive distillation (Salimans & Ho 2022): a student learns to take one DDIM step where its teacher takes two.
 
-| name in code | symbol |
-| ------------ | ------ |
-| ``steps``    | the student's N decreasing step indices; the teacher walks the 2N-step grid through their midpoints |
-| ``z_t``      | a noisy sample at the student's step t |
-| ``x0_tilde`` | the target: the clean image that makes one DDIM step from z_t land where two teacher steps land |
+| name in code    | symbol |
+| --------------- | ------ |
+| ``teacher_steps`` | the teacher's decreasing step indices; the student takes every ``per_step``-th of them (2: every other) |
+| ``z_t``         | a noisy sample at the student's step t |
+| ``x0_tilde``    | the target: the clean image that makes one DDIM step from z_t land where the teacher's steps land |
 
 Repeating the procedure halves the number of sampling steps each round: 8 -> 4 -> 2 -> 1 (survey eq. 89). The same
 target works for one student step per k teacher steps (``per_step``): chapter 6 has time for one round, and turns
@@ -35,9 +35,12 @@ class X0Student(nn.Module):
     eps = (z_t - sqrt(alpha_bar_t) x0_hat) / sqrt(1 - alpha_bar_t) (eq. 84 solved for eps), with x0_hat clipped to
     [-clip, clip] as the samplers clip theirs; so ``ddim_sample`` runs it unchanged.
 
-    Salimans & Ho 2022 (section 4) distill with this parameterization, not eps: from eps, x0_hat = (z_t - sqrt(1 -
-    alpha_bar) eps) / sqrt(alpha_bar) multiplies any error in eps by sqrt((1 - alpha_bar) / alpha_bar), which is about
-    2000 at the last step of chapter 6's cosine schedule, the step every few-step sampler starts from."""
+    Salimans & Ho 2022 (section 4) replace eps by a parameterization that stays stable as the SNR goes to zero (x,
+    x and eps from separate outputs, or v); this is the first. From eps, x0_hat = (z_t - sqrt(1 - alpha_bar) eps) /
+    sqrt(alpha_bar) multiplies any error in eps by sqrt((1 - alpha_bar) / alpha_bar), which is about 2000 at the last
+    step of chapter 6's cosine schedule. For integer steps t (the DDIM samplers), not EDM's fractional ones.
+    A student step that ends at a noisy t_next can have a target x0_tilde outside [-clip, clip], where the clipped
+    step misses the teacher's z''; chapter 6's student has one step, to clean data, whose target lies inside."""
 
     def __init__(self, net: nn.Module, sched: Schedule, clip: float | None = 1.0):
         super().__init__()
