@@ -165,6 +165,25 @@ def test_inflated_model_reproduces_the_image_model():
     assert model.image is not image  # the image model is copied, not shared
 
 
+def test_min_level_puts_temporal_layers_only_below_full_resolution():
+    image = small_unet()
+    assert video.block_levels(image) == [0, 1, 1, 1, 0]
+    model = video.inflate(image, min_level=1)
+    assert model.blocks == (1, 2, 3) and len(model.temporal_layers) == 3
+    assert [layer.qkv.in_features for layer in model.temporal_layers] == [32, 32, 32]  # the 8x8 blocks' width
+    calls = []
+    for k, layer in zip(model.blocks, model.temporal_layers, strict=True):
+        layer.register_forward_hook(lambda mod, inp, out, k=k: calls.append((k, inp[0].shape[-1])))
+    randomize_temporal(model)
+    x, t = torch.randn(2, 4, 3, 8, 8), torch.tensor([3, 7])
+    model(x, t)
+    assert calls == [(1, 4), (2, 4), (3, 4)]  # each layer once, at half resolution
+    model.temporal = False  # still one frame at a time without them
+    torch.testing.assert_close(model(x, t), torch.stack([model.image(x[:, k], t) for k in range(4)], 1))
+    with pytest.raises(ValueError, match="min_level=2"):
+        video.inflate(image, min_level=2)
+
+
 def test_moves_like_data_needs_the_right_speed_and_a_steady_path(clips):
     real = clips.clips
     assert video.moves_like_data(real).float().mean() > 0.95
@@ -197,6 +216,18 @@ def test_temporal_attention_in_chunks_equals_one_pass():
     whole = layer(h, 4)
     layer.chunk = 7  # 75 sequences in 11 chunks
     torch.testing.assert_close(layer(h, 4), whole, atol=1e-6, rtol=1e-6)
+
+
+def test_temporal_attention_equals_scaled_dot_product_attention():
+    # the layer's einsum attention is the library's (F.scaled_dot_product_attention through attend), values and gradients
+    torch.manual_seed(0)
+    layer = video.TemporalAttention(8, heads=2)
+    qkv = torch.randn(30, 5, 24, requires_grad=True)
+    bias = torch.randn(2, 5, 5, requires_grad=True)
+    ours, ref = layer._attend(qkv, bias), attend(qkv, 2, bias=bias)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(ours, (qkv, bias), g), torch.autograd.grad(ref, (qkv, bias), g), atol=1e-5, rtol=1e-5)
 
 
 def test_sprite_colour_is_the_drawn_colour(clips):

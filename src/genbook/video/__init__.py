@@ -13,7 +13,7 @@ from genbook.video.coherence import (
     summary,
     track,
 )
-from genbook.video.denoiser import TemporalAttention, VideoUNet, inflate
+from genbook.video.denoiser import TemporalAttention, VideoUNet, block_levels, inflate
 from genbook.video.gans import (
     ContentMotionGenerator,
     MotionRNN,
@@ -40,6 +40,7 @@ __all__ = [
     "acceleration",
     "image_discriminator",
     "incoherence",
+    "block_levels",
     "inflate",
     "mask_l1",
     "moves_like_data",
