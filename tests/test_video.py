@@ -170,7 +170,7 @@ def test_min_level_puts_temporal_layers_only_below_full_resolution():
     assert video.block_levels(image) == [0, 1, 1, 1, 0]
     model = video.inflate(image, min_level=1)
     assert model.blocks == (1, 2, 3) and len(model.temporal_layers) == 3
-    assert [layer.qkv.in_features for layer in model.temporal_layers] == [32, 32, 32]  # the 8x8 blocks' width
+    assert [layer.qkv.in_features for layer in model.temporal_layers] == [32, 32, 32]  # the half-resolution blocks' width
     calls = []
     for k, layer in zip(model.blocks, model.temporal_layers, strict=True):
         layer.register_forward_hook(lambda mod, inp, out, k=k: calls.append((k, inp[0].shape[-1])))

@@ -9,10 +9,11 @@
 
 Every spatial layer of the image UNet runs on the frames independently: its 3x3 convolutions are 1x3x3
 convolutions over (time, height, width) and its self-attention is spatial attention with the frames as the batch.
-After each residual block a temporal attention layer mixes information across frames at each position (Ho et al.
-2022, Video Diffusion Models). Its output projection starts at zero, so a freshly inflated model computes exactly
-what the image model computes on each frame; switching ``temporal`` off makes the frames independent, which lets
-the same network train on single images (Box 12, joint image-video training).
+After each residual block (or each below a chosen resolution, ``min_level``) a temporal attention layer mixes
+information across frames at each position (Ho et al. 2022, Video Diffusion Models). Its output projection starts at
+zero, so a freshly inflated model computes exactly what the image model computes on each frame; switching
+``temporal`` off makes the frames independent, which lets the same network train on single images (Box 12, joint
+image-video training).
 """
 
 from __future__ import annotations
@@ -64,8 +65,8 @@ class TemporalAttention(nn.Module):
         bias = self.rel_bias[:, ij[:, None] - ij[None, :] + self.max_frames - 1]  # (nh, T, T)
         seq = frames_to_sequences(h, frames)  # (B*HW, T, C)
         qkv = self.qkv(self.norm(seq))  # (B*HW, T, 3C)
-        # in chunks: CUDA's batched kernels put this batch in a grid dimension capped at 65535 (1000 clips of
-        # 16 x 16 would be 256,000 sequences)
+        # in chunks, to bound one kernel call's batch: some CUDA kernels cap a grid dimension at 65535, and 1000
+        # clips of 16 x 16 would be 256,000 sequences
         y = torch.cat([self._attend(part, bias) for part in qkv.split(self.chunk)])  # (B*HW, T, C)
         y = self.out(y).view(b, hh * ww, frames, c).permute(0, 2, 3, 1).reshape(bt, c, hh, ww)  # back to (B*T, C, H, W)
         return h + y
@@ -78,7 +79,7 @@ class TemporalAttention(nn.Module):
         (tests/test_video.py compares the two)."""
         n, t, c3 = qkv.shape
         hd = c3 // 3 // self.heads
-        q, k, v = qkv.view(n, t, 3, self.heads, hd).unbind(2)  # each (N, T, nh, hd)
+        q, k, v = qkv.reshape(n, t, 3, self.heads, hd).unbind(2)  # each (N, T, nh, hd)
         logits = torch.einsum("nihd,njhd->nhij", q, k) * hd**-0.5 + bias  # (N, nh, T, T)
         return torch.einsum("nhij,njhd->nihd", logits.softmax(-1), v).reshape(n, t, c3 // 3)
 
