@@ -224,6 +224,33 @@ def test_score_shapes_puts_the_yardstick_beside_the_samples():
         t2i.score_shapes(ruler, test.images[:10], test.images, train.images)
 
 
+def test_score_shapes_reuses_features_only_while_nothing_changed():
+    """The cached reference/training features and yardstick give exactly the numbers of computing them afresh, and
+    are recomputed when the reference images or the model change in place."""
+    ruler = t2i.attribute_classifier()
+    train = data.captioned_shapes(400, "train", seed=0)
+    test = data.captioned_shapes(400, "test", seed=0)
+    reference, samples = test.images[100:].clone(), test.images[:100]
+
+    def fresh(model, reference):
+        t2i._SET_FEATURES.clear()
+        t2i._SHAPES_YARDSTICK.clear()
+        return t2i.score_shapes(model, samples, reference, train.images, redraws=3)
+
+    first = fresh(ruler, reference)
+    again = t2i.score_shapes(ruler, samples, reference, train.images, redraws=3)
+    assert again == first  # every field equal: the cache changes no number
+    reference[:50] = torch.rand(50, 3, 16, 16)  # an in-place edit of the reference set
+    edited = t2i.score_shapes(ruler, samples, reference, train.images, redraws=3)
+    assert edited == fresh(ruler, reference) and edited.fd != first.fd
+    model = t2i.AttributeClassifier(width=8)
+    before = t2i.score_shapes(model, samples, reference, train.images, redraws=3)
+    with torch.no_grad():
+        next(model.parameters()).mul_(2.0)  # the model changes in place, as an optimizer step changes it
+    after = t2i.score_shapes(model, samples, reference, train.images, redraws=3)
+    assert after == fresh(model, reference) and after.fd_real != before.fd_real
+
+
 def test_spatial_autoencoder_keeps_a_spatial_latent():
     ae = t2i.SpatialAutoencoder(channels=4, width=16)
     x = torch.rand(2, 3, 16, 16)
