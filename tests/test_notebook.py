@@ -97,6 +97,9 @@ def test_run_report_after_setup(capsys):
     assert report["torch threads"] == torch.get_num_threads()
     assert "torch" in report
     assert "Run report" in out and "checks passed" in out
+    assert "this process (cores)" in report["cpu use during the run"]
+    before, after = (float(v) for v in report["speed probe (ms), before / after"].split(" / "))
+    assert before > 0 and after > 0
 
 
 def test_show_source_displays_markdown(monkeypatch):

@@ -1,6 +1,8 @@
 """Tests for genbook.runtime: profiles, devices, seeding, setup() and Runtime."""
 
+import os
 import random
+import time
 
 import numpy as np
 import pytest
@@ -148,3 +150,32 @@ def test_runtime_generator_is_seeded_from_run_seed():
 def test_versions_lists_the_pieces_that_decide_numbers():
     """versions() reports python, genbook, torch, numpy, scikit-learn and matplotlib."""
     assert {"python", "genbook", "torch", "numpy", "scikit-learn", "matplotlib"} <= set(runtime.versions())
+
+
+def test_machine_load_sees_this_process_work():
+    """A second of this process computing reads as about one core (or more: torch may use two threads) of its own,
+    none stolen or used by others beyond what the machine really did; without /proc/stat only its own share."""
+    since = runtime.cpu_snapshot()
+    end = time.perf_counter() + 1.0
+    x = torch.randn(256, 256)
+    while time.perf_counter() < end:
+        x = torch.tanh(x @ x)
+    load = runtime.machine_load(since)
+    assert 0.7 <= load["this process (cores)"] <= os.cpu_count() + 0.1
+    if "cpu steal (%)" in load:
+        assert 0 <= load["cpu steal (%)"] <= 100 and load["other processes (cores)"] >= 0
+
+
+def test_machine_load_without_proc_stat(monkeypatch):
+    since = runtime.CpuSnapshot(wall=time.perf_counter() - 1.0, own=os.times().user + os.times().system)
+    monkeypatch.setattr(runtime, "cpu_snapshot", lambda: runtime.CpuSnapshot(wall=time.perf_counter(), own=since.own + 0.5))
+    assert runtime.machine_load(since) == {"this process (cores)": pytest.approx(0.5, abs=0.02)}
+
+
+def test_speed_probe_leaves_random_streams_alone():
+    """The probe runs inside setup(), after seeding: it must not move torch's global random stream."""
+    torch.manual_seed(3)
+    expected = torch.rand(3)
+    torch.manual_seed(3)
+    assert runtime.speed_probe(repeats=1) > 0
+    assert torch.equal(torch.rand(3), expected)

@@ -132,6 +132,7 @@ def run_report(rt: runtime.Runtime | None = None) -> dict[str, Any]:
         "cpu kernels": runtime.cpu_kernels(),
         "seed": rt.seed,
         "wall time (s)": round(rt.elapsed(), 1),
+        **_machine(rt),
         "checks passed": f"{passed}/{len(rt.checks)}",
         **({"checks not held": "; ".join(not_held)} if not_held else {}),
         **({"findings (not checked)": len(rt.findings)} if rt.findings else {}),
@@ -148,6 +149,14 @@ def run_report(rt: runtime.Runtime | None = None) -> dict[str, Any]:
         print(f"  {key:<{width}}  {value}")
     _record(rt, report)
     return report
+
+
+def _machine(rt: runtime.Runtime) -> dict[str, Any]:
+    """How busy and how fast the machine was during the run: the wall time above means little without it."""
+    out: dict[str, Any] = {"cpu use during the run": ", ".join(f"{k} {v}" for k, v in runtime.machine_load(rt.cpu_start).items())}
+    if rt.probe_ms is not None:  # the probe after the run, once the load above is read
+        out["speed probe (ms), before / after"] = f"{rt.probe_ms} / {runtime.speed_probe()}"
+    return out
 
 
 def _smoke_summary(rt: runtime.Runtime) -> str:

@@ -210,6 +210,70 @@ def cpu_kernels() -> str:
     return capability + (f" ({', '.join(chosen)})" if chosen else "")
 
 
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """CPU time used so far, in seconds: by this process (``os.times``), and by the whole machine, busy and stolen by
+    the hypervisor (``/proc/stat``; None where there is none). Two snapshots say what else ran meanwhile."""
+
+    wall: float
+    own: float
+    busy: float | None = None
+    steal: float | None = None
+    total: float | None = None
+
+
+def cpu_snapshot() -> CpuSnapshot:
+    t = os.times()
+    snap = CpuSnapshot(wall=time.perf_counter(), own=t.user + t.system)
+    try:
+        with open("/proc/stat") as f:
+            fields = [float(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+        tick = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, AttributeError):
+        return snap
+    if len(fields) < 8:
+        return snap
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return CpuSnapshot(snap.wall, snap.own, (user + nice + system + irq + softirq) / tick, steal / tick, sum(fields) / tick)
+
+
+def machine_load(since: CpuSnapshot) -> dict[str, float]:
+    """What the CPU did since ``since``: cores used by this process and by every other process on average, and the
+    share of the machine's CPU time the hypervisor took (steal). A slow run with other processes near a core or
+    with steal above a few percent was measured on a busy machine, and its wall time says little about the chapter."""
+    now = cpu_snapshot()
+    wall = max(now.wall - since.wall, 1e-9)
+    own = now.own - since.own
+    out = {"this process (cores)": round(own / wall, 2)}
+    if None not in (now.busy, since.busy, now.steal, since.steal, now.total, since.total):
+        out["other processes (cores)"] = round(max(now.busy - since.busy - own, 0.0) / wall, 2)  # type: ignore[operator]
+        total = now.total - since.total  # type: ignore[operator]
+        out["cpu steal (%)"] = round(100 * (now.steal - since.steal) / total, 1) if total > 0 else 0.0  # type: ignore[operator]
+    return out
+
+
+def speed_probe(repeats: int = 5) -> float:
+    """Milliseconds for a fixed piece of CPU work of the chapters' kind (ten forward and backward passes of a 3x3
+    convolution over 32 maps of 16 x 16 and of a (1024 x 64) @ (64 x 256) matmul), the median of ``repeats`` after
+    a warm-up, at the current thread count. The same number on the same machine in a quiet hour; more on a slower
+    or busier one, so a chapter's wall time can be read beside it. Leaves every random stream as it was."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 32, 16, 16, generator=g, requires_grad=True)
+    w = torch.randn(32, 32, 3, 3, generator=g, requires_grad=True)
+    a = torch.randn(1024, 64, generator=g, requires_grad=True)
+    b = torch.randn(64, 256, generator=g, requires_grad=True)
+    times = []
+    with torch.enable_grad():
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            for _ in range(10):
+                (F.conv2d(x, w, padding=1).relu().mean() + F.gelu(a @ b).mean()).backward()
+            times.append(time.perf_counter() - start)
+    return round(1000 * float(np.median(times[1:])), 1)
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
@@ -231,6 +295,8 @@ class Runtime:
     findings: list[tuple[str, str]] = field(default_factory=list)
     smoke: bool = False
     ledger: Any = None  # genbook.work.Ledger in smoke mode: what the run counted
+    cpu_start: CpuSnapshot = field(default_factory=cpu_snapshot)  # what else the machine did during the run
+    probe_ms: float | None = None  # speed_probe() just before the run started (None in smoke mode)
 
     @property
     def fast(self) -> bool:
@@ -404,7 +470,9 @@ def setup(seed: int = 0, profile: str | None = None, device: str | None = None, 
     prof = resolve_profile(profile)
     dev = resolve_device(device)
     seed_everything(seed)
-    rt = Runtime(profile=prof, device=dev, seed=seed, amp_dtype=amp_dtype(dev), smoke=smoke_mode())
+    smoke = smoke_mode()
+    probe = None if smoke else speed_probe()  # before the clock starts; smoke mode counts work, not seconds
+    rt = Runtime(profile=prof, device=dev, seed=seed, amp_dtype=amp_dtype(dev), smoke=smoke, probe_ms=probe)
     if _CURRENT is not None and _CURRENT.ledger is not None and _CURRENT.ledger.count_all:
         _CURRENT.ledger.counter.__exit__(None, None, None)  # a second setup in one process starts a new count
     if rt.smoke:
