@@ -105,7 +105,7 @@ test-site: $(STAMP) ## open every page of the built book (_build/html) in headle
 robustness: $(STAMP) ## each chapter (CHAPTERS="05 08", default all) under seeds 0-2 x native and default kernels; every check's values into bench/robustness.json (slow, not in CI)
 	$(PY) tools/robustness.py --seeds $(SEEDS) --kernels $(KERNELS) $(if $(strip $(CHAPTERS)),--chapters $(CHAPTERS),)
 
-timings: $(STAMP) ## each chapter (CHAPTERS, default all) alone at two threads, as a reader runs it, under TIMING_KERNELS (default "native avx2"), with load and speed probe, into bench/timings.json (slow, not in CI)
+timings: $(STAMP) ## each chapter (CHAPTERS, default all) alone at torch's default threads, as a reader runs it, under TIMING_KERNELS (default "native avx2"), with load and speed probe, into bench/timings.json (slow, not in CI)
 	$(PY) tools/timings.py --kernels $(TIMING_KERNELS) $(if $(strip $(CHAPTERS)),--chapters $(CHAPTERS),)
 
 logo: $(STAMP) ## redraw book/_static/logo.png and favicon.png with the book's flow-matching model (about a minute)

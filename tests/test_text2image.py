@@ -249,6 +249,9 @@ def test_score_shapes_reuses_features_only_while_nothing_changed():
         next(model.parameters()).mul_(2.0)  # the model changes in place, as an optimizer step changes it
     after = t2i.score_shapes(model, samples, reference, train.images, redraws=3)
     assert after == fresh(model, reference) and after.fd_real != before.fd_real
+    with torch.inference_mode():  # such tensors have no version counter: scored, never cached
+        frozen = test.images[100:].clone()
+    assert t2i.score_shapes(ruler, samples, frozen, train.images, redraws=3) == fresh(ruler, frozen)
 
 
 def test_spatial_autoencoder_keeps_a_spatial_latent():

@@ -37,7 +37,7 @@ def fake_bench(monkeypatch):
         Path(cmd[cmd.index("--out") + 1]).write_text(json.dumps({"chapters": [row]}))
         return None
 
-    for k in ("GENBOOK_STRICT", "GENBOOK_THREADS", "GENBOOK_SEED"):
+    for k in ("GENBOOK_STRICT", "GENBOOK_THREADS", "GENBOOK_SEED", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.setenv(k, "1")  # a developer's settings must not reach the runs
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     monkeypatch.setattr(subprocess, "run", run)  # the module robustness.run_bench calls
@@ -51,7 +51,7 @@ def test_each_chapter_runs_alone_at_default_threads_in_alternating_order(fake_be
     order = [(stem[:2], env.get("ATEN_CPU_CAPABILITY", "native")) for stem, env in fake_bench]
     assert order == [("01", "native"), ("01", "avx2"), ("02", "avx2"), ("02", "native")]
     for _, env in fake_bench:
-        assert not {"GENBOOK_STRICT", "GENBOOK_THREADS", "GENBOOK_SEED", "OMP_NUM_THREADS"} & set(env)
+        assert not {"GENBOOK_STRICT", "GENBOOK_THREADS", "GENBOOK_SEED", "OMP_NUM_THREADS", "MKL_NUM_THREADS"} & set(env)
     native_env = fake_bench[0][1]
     assert "ONEDNN_MAX_CPU_ISA" not in native_env  # the native run gets the host's own kernels
     result = json.loads(out.read_text())

@@ -10,9 +10,9 @@ the next. This stands in for other machines cheaply: each chapter runs once per 
 - ``native``  is this host's own kernels (AVX-512 or AVX2, whatever torch picks),
 - ``default`` is ``ATEN_CPU_CAPABILITY=default``: torch's scalar kernels, other float results at almost no cost,
 - ``avx2``    is ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2``: on an AVX-512
-  host, the AVX2-only hosts' kernels and so their float results, not their speed: on an AMD EPYC host with AVX-512
-  all chapters took 17% longer in all under it than with the native kernels (2026-12-07, ``tools/timings.py``,
-  ``bench/timings.json``), far from the 2x by which an AVX2-only host ran them.
+  host, torch's AVX2 code paths, as an AVX2-only host runs them. All chapters together took 17% longer under it
+  than with the native kernels on an AMD EPYC host with AVX-512 (2026-12-07, ``bench/timings.json``), far less than
+  the twofold slowdown measured on one AVX2-only host.
 
 Runs go ``--jobs`` at a time, each with one torch thread (two processes with two threads each on two cores slow each
 other several times over). Checks do not raise here (no ``GENBOOK_STRICT``): every check's value is recorded in every

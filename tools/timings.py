@@ -1,15 +1,16 @@
-"""Time every chapter in ``fast`` as a reader runs it (alone, two torch threads), under one or more kernel sets.
+"""Time every chapter in ``fast`` as a reader runs it (alone, torch at its default threads), under one or more kernel sets.
 
 Usage: python tools/timings.py [--chapters 05 08] [--kernels native avx2] [--out bench/timings.json]
 
 The budget (180 s per chapter, 240 s for chapters 8, 9, 10 and 13) is for ``make execute``: one chapter at a time,
-torch at its default threads. This runs each chapter that way through ``tools/bench.py`` (a fresh kernel, the
-committed notebook untouched), once per kernel set, the sets in turn for one chapter before the next chapter, in
-alternating order, so the two runs of a chapter see the same hour of the host. Each row keeps the run report's wall
-time, the CPU use during the run (this process, other processes, hypervisor steal) and the speed probe
-(``genbook.runtime.speed_probe``), so a slow row can be told apart from a busy machine. On an AVX2-only host run it
-with ``--kernels native``: that is the measurement the budget asks for. Not part of CI (about 25 minutes per kernel
-set for all chapters). Exit status 1 if a chapter failed to run or a check did not hold.
+torch at its default threads (two on the book's 2-core hosts). This runs each chapter that way through
+``tools/bench.py`` (a fresh kernel, the committed notebook untouched), once per kernel set, the sets in turn for one
+chapter before the next chapter, in alternating order, so the runs of a chapter see the same hour of the host. Each
+row keeps the run report's wall time, its device line (with the thread count), the CPU use during the run (this
+process, other processes, hypervisor steal) and the speed probe (``genbook.runtime.speed_probe``), so a slow row can
+be told apart from a run on a busy machine. On an AVX2-only host run it with ``--kernels native``: that is the
+measurement the budget asks for. Not part of CI (about 25 minutes per kernel set for all chapters). Exit status 1 if
+a chapter failed to run or a check did not hold.
 """
 
 from __future__ import annotations
@@ -37,10 +38,12 @@ def budget(stem: str) -> int:
 
 def run(chapter: Path, kernels: str, timeout: int) -> dict:
     """One chapter under one kernel set, alone, torch at its default threads."""
-    env = {k: v for k, v in os.environ.items() if k not in ("GENBOOK_STRICT", "GENBOOK_THREADS", "GENBOOK_SEED", *KERNELS["avx2"])}
+    unset = ("GENBOOK_STRICT", "GENBOOK_THREADS", "GENBOOK_SEED", "OMP_NUM_THREADS", "MKL_NUM_THREADS", *KERNELS["avx2"])
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     env.update(KERNELS[kernels])
     row = run_bench(chapter, env, timeout)
-    keep = ("ran", "error", "chapter_seconds", "wall_seconds", "cpu_use", "speed_probe_ms", "checks_passed", "checks_total", "not_held")
+    keep = ("ran", "error", "chapter_seconds", "wall_seconds", "device", "cpu_use", "speed_probe_ms", "checks_passed", "checks_total",
+            "not_held")  # fmt: skip
     return {k: row.get(k) for k in keep}
 
 
@@ -58,8 +61,8 @@ def table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--chapters", nargs="*", default=None, help="chapter number prefixes (05 08) or stems; default all")
-    p.add_argument("--kernels", nargs="*", choices=tuple(KERNELS), default=["native", "avx2"])
+    p.add_argument("--chapters", nargs="+", default=None, help="chapter number prefixes (05 08) or stems; default all")
+    p.add_argument("--kernels", nargs="+", choices=tuple(KERNELS), default=["native", "avx2"])
     p.add_argument("--out", default=str(ROOT / "bench" / "timings.json"))
     p.add_argument("--timeout", type=int, default=1800, help="seconds one cell may run")
     args = p.parse_args(argv)

@@ -3,7 +3,8 @@ budget for the best unconditional digits model of each family.
 
 ``compare(budget(seconds))`` trains a VAE (autoregressive decoder), a DCGAN, a RealNVP-style flow, a gated PixelCNN, a
 DDPM/DDIM diffusion model and a flow-matching model, each for the same training time on the book's reference machine
-(a 2-core CPU with AVX2 only, the slower hosts CI runs on), fixed as a number of steps per family so that the table
+(a nominal 2-core machine at half the speed of a 2-core Intel Xeon host, about the speed at which one AVX2-only host
+ran the chapters), fixed as a number of steps per family so that the table
 does not depend on the speed or the load of the machine that makes it, and measures each on the
 test digits: the negative log-likelihood (exact, or an upper bound, labelled), and with ``metrics.score_digits`` the
 Fréchet distance of ``metrics.SCORE_N`` samples against the test digits, precision, recall and the data-copying
@@ -98,13 +99,14 @@ IWAE_K = 200  # importance samples for the VAE's bound (chapter 2 used 500: abou
 DIFFUSION_T, DDIM_STEPS, HEUN_STEPS = recipes.DIFFUSION_T, recipes.DDIM_STEPS, recipes.HEUN_STEPS
 
 
-# Training steps per second of each family on the reference machine, the slower hosts of the book's CI kind: 2 cores
-# with AVX2 and no AVX-512, torch at its default two threads, otherwise idle, validation checks included as
+# Training steps per second of each family on the reference machine, a nominal 2-core machine, torch at its default
+# two threads, otherwise idle, validation checks included as
 # ``compare`` trains. How they were set: on a 2-core AVX-512 host (Intel Xeon, torch 2.13) the six families trained
 # at 84, 68, 33, 27, 21 and 21 steps/s; the issue "Claims that hold on any machine" measured the chapters about 2x
 # slower on a 2-core AVX2-only host (AMD EPYC), so the reference is half of those. (Emulating AVX2 on the AVX-512
 # host with ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 gave 67, 62, 27, 21, 16
-# and 16: only 1.25x slower, so the vector units are not the whole difference.)
+# and 16: only 1.25x slower, so the vector units are not the whole difference; and hosts with AVX-512 have since run
+# the same chapters up to about 2x slower on some days than on others, 2026-12-07.)
 REFERENCE_STEPS_PER_SECOND = {
     "VAE": 42.0,
     "GAN": 34.0,

@@ -239,8 +239,10 @@ def cpu_snapshot() -> CpuSnapshot:
 
 def machine_load(since: CpuSnapshot) -> dict[str, float]:
     """What the CPU did since ``since``: cores used by this process and by every other process on average, and the
-    share of the machine's CPU time the hypervisor took (steal). A slow run with other processes near a core or
-    with steal above a few percent was measured on a busy machine, and its wall time says little about the chapter."""
+    share of the machine's CPU time the hypervisor took (steal). ``/proc/stat`` covers the whole (virtual) machine:
+    in a container, "other processes" counts other tenants too, and this process's children and interrupt time are
+    counted there as well. A slow run with other processes near a core or with steal above a few percent was
+    measured on a busy machine, and its wall time says little about the chapter."""
     now = cpu_snapshot()
     wall = max(now.wall - since.wall, 1e-9)
     own = now.own - since.own

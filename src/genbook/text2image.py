@@ -568,22 +568,30 @@ _SET_FEATURES: dict[tuple, tuple] = {}  # (id(model), id(images)) -> (model, ima
 _SHAPES_YARDSTICK: dict[tuple, tuple] = {}
 
 
-def _stamp(model: nn.Module, images: torch.Tensor) -> tuple:
-    """What the features of ``images`` under ``model`` depend on: the two objects and their in-place versions (an
-    optimizer step or an in-place edit bumps a tensor's version)."""
-    return (images._version, images.shape, images.device, *(p._version for p in model.parameters()))
+def _stamp(model: nn.Module, images: torch.Tensor) -> tuple | None:
+    """What the features of ``images`` under ``model`` depend on: their storage, device, dtype and in-place versions
+    (an optimizer step or an in-place edit bumps a tensor's version; ``.to()`` and ``.data =`` change its storage).
+    None for a tensor made under ``torch.inference_mode``, which has no version: such sets are not cached. An edit
+    through ``.data`` or a NumPy view bumps no version, so the cache cannot see it."""
+    try:
+        return tuple((t._version, t.data_ptr(), t.shape, t.device, t.dtype) for t in (images, *model.parameters()))
+    except RuntimeError:  # "Inference tensors do not track version counter"
+        return None
 
 
 def _set_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """``model.features(images)`` on the CPU, computed once per (model, image set) while neither changes: a chapter
-    scores many sample sets against the same reference and training images. The cache keeps the last 4 sets."""
+    scores many sample sets against the same reference and training images. The cache keeps the 4 sets computed
+    most recently."""
     key, stamp = (id(model), id(images)), _stamp(model, images)
     hit = _SET_FEATURES.get(key)
-    if hit is not None and hit[0] is model and hit[1] is images and hit[2] == stamp:
+    if stamp is not None and hit is not None and hit[0] is model and hit[1] is images and hit[2] == stamp:
         return hit[3]
     device = next(model.parameters()).device
     with torch.no_grad():
         feats = model.features(images.to(device)).cpu()
+    if stamp is None:
+        return feats
     _SET_FEATURES.pop(key, None)
     _SET_FEATURES[key] = (model, images, stamp, feats)
     while len(_SET_FEATURES) > 4:
