@@ -476,14 +476,21 @@ def _yardstick(n: int, reference: str, seed: int, redraws: int, labels: tuple[in
     (cached: every model scored at the same n, split, seed and labels shares its yardstick)."""
     key = (n, reference, seed, redraws, labels)
     if key not in _YARDSTICK:
-        f_ref, f_train = reference_features(reference), reference_features("train")
         g = torch.Generator().manual_seed(seed)
         draws = [_draw(n, labels, g) for _ in range(1 + redraws)]
-        fds = [frechet_distance(f_train[d], f_ref) for d in draws]  # at n = 300: about 48 +- 8 against test, 41 +- 4 class-balanced
-        p, r = precision_recall(f_ref, f_train[draws[0]])
-        c = copying_statistic(f_train, f_ref, f_train[draws[0]], seed=seed)
-        _YARDSTICK[key] = (float(np.mean(fds)), float(np.std(fds, ddof=1)) if redraws > 0 else float("nan"), p, r, c)
+        # at n = 300: FD about 48 +- 8 against test, 41 +- 4 class-balanced
+        _YARDSTICK[key] = yardstick_scores(reference_features("train"), reference_features(reference), draws, seed)
     return _YARDSTICK[key]
+
+
+def yardstick_scores(f_train: torch.Tensor, f_ref: torch.Tensor, draws: list[torch.Tensor], seed: int = 0) -> tuple:
+    """The yardstick from features: FD of each draw of training rows (``draws``, index tensors of n rows) against
+    ``f_ref``, its mean and standard deviation (nan for one draw), and precision, recall and C_T of the first draw.
+    ``_yardstick`` (digits) and ``text2image.score_shapes`` (shapes) both use it."""
+    fds = [frechet_distance(f_train[d], f_ref) for d in draws]
+    p, r = precision_recall(f_ref, f_train[draws[0]])
+    c = copying_statistic(f_train, f_ref, f_train[draws[0]], seed=seed)
+    return float(np.mean(fds)), float(np.std(fds, ddof=1)) if len(fds) > 1 else float("nan"), p, r, c
 
 
 def _labels_key(labels: torch.Tensor | None, n: int) -> tuple[int, ...] | None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -625,10 +624,7 @@ def score_shapes(
     if hit is None or hit[0] is not f_ref or hit[1] is not f_train:  # new features: a new yardstick
         g = torch.Generator().manual_seed(seed)
         draws = [torch.randperm(len(train), generator=g)[:n] for _ in range(1 + redraws)]
-        fds = [metrics.frechet_distance(f_train[d], f_ref) for d in draws]
-        p_real, r_real = metrics.precision_recall(f_ref, f_train[draws[0]])
-        c_real = metrics.copying_statistic(f_train, f_ref, f_train[draws[0]], seed=seed)
-        hit = (f_ref, f_train, float(np.mean(fds)), float(np.std(fds, ddof=1)), p_real, r_real, c_real)
+        hit = (f_ref, f_train, *metrics.yardstick_scores(f_train, f_ref, draws, seed))
         _SHAPES_YARDSTICK[key] = hit
     _, _, fd_real, fd_real_spread, p_real, r_real, c_real = hit
     p, r = metrics.precision_recall(f_ref, f_gen)
