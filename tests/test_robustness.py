@@ -69,3 +69,17 @@ def test_summary_counts_the_runs_each_claim_held_in(fake_bench, tmp_path, capsys
     table = robustness.summary_table(result)
     assert "| 01_introduction | 3 (0/1/2 x native) | 1 of 2 | claim (2/3) |" in table
     assert "| 02_vae | not run under the protocol yet | | |" in table  # every chapter has a line
+
+
+def test_append_adds_runs_to_a_chapter_and_replaces_a_repeated_one(fake_bench, tmp_path):
+    out = tmp_path / "robustness.json"
+    robustness.main(["--chapters", "01", "--seeds", "0", "1", "--kernels", "native", "--out", str(out)])
+    first = json.loads(out.read_text())["chapters"]["01_introduction"]
+    robustness.main(["--chapters", "01", "--seeds", "1", "2", "--kernels", "native", "--out", str(out), "--append"])
+    ch = json.loads(out.read_text())["chapters"]["01_introduction"]
+    assert [r["seed"] for r in ch["runs"]] == [0, 1, 2]  # seed 1 run again: its new run replaces the old one
+    assert ch["summary"]["claim"] == {"held": 2, "runs": 3, "values": ["0", "1", "2"]}
+    assert ch["findings"] == {"ranking": ["-1", "+0", "+1"]}
+    assert ch["seconds"] >= first["seconds"] and ch["commit"] == first["commit"]  # the same tree: one commit named
+    robustness.main(["--chapters", "01", "--seeds", "2", "--kernels", "native", "--out", str(out)])  # no --append
+    assert [r["seed"] for r in json.loads(out.read_text())["chapters"]["01_introduction"]["runs"]] == [2]

@@ -1,7 +1,7 @@
 """The robustness protocol: run chapters under several seeds and kernel sets, and tabulate every check in every run.
 
 Usage: python tools/robustness.py [--chapters 05 08] [--seeds 0 1 2] [--kernels native default] [--jobs 2]
-                                  [--out bench/robustness.json]
+                                  [--out bench/robustness.json] [--append]
 
 A training run amplifies float-level differences between machines (another CPU's vector kernels change a convolution
 in the 6th digit, and a GAN a few hundred steps later), so a claim whose margin was chosen on one machine can fail on
@@ -16,9 +16,10 @@ the next. This stands in for other machines cheaply: each chapter runs once per 
 
 Runs go ``--jobs`` at a time, each with one torch thread (two processes with two threads each on two cores slow each
 other several times over). Checks do not raise here (no ``GENBOOK_STRICT``): every check's value is recorded in every
-run. The results are merged into ``--out`` chapter by chapter (a chapter run again replaces its old runs), and a
-table says, for each check, in how many runs it held and the values it took. Exit status 1 when any check did not
-hold in some run or a chapter failed to run. Not part of CI: six runs of a chapter take a quarter of an hour.
+run. The results are merged into ``--out`` chapter by chapter (a chapter run again replaces its old runs; with
+``--append`` they join its old runs, one with the same seed and kernel set replaced), and a table says, for each
+check, in how many runs it held and the values it took. Exit status 1 when any check did not hold in some run or a
+chapter failed to run. Not part of CI: six runs of a chapter take a quarter of an hour.
 """
 
 from __future__ import annotations
@@ -80,6 +81,12 @@ def run_one(chapter: Path, seed: int, kernels: str, timeout: int) -> dict:
     checks = {name: {"ok": name not in row["not_held"], "value": value} for name, value in row["metrics"].items()}
     return {"seed": seed, "kernels": kernels, "ran": row["ran"], "error": row["error"], "wall_seconds": row["wall_seconds"],
             "checks": checks, "findings": row.get("findings", {})}  # fmt: skip
+
+
+def append_runs(old: list[dict], new: list[dict]) -> list[dict]:
+    """``old`` runs followed by ``new`` ones, a new run replacing an old one with the same seed and kernel set."""
+    fresh = {(r["seed"], r["kernels"]) for r in new}
+    return [r for r in old if (r["seed"], r["kernels"]) not in fresh] + new
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -148,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "bench" / "robustness.json"))
     p.add_argument("--timeout", type=int, default=1800, help="seconds one cell may run")
     p.add_argument("--summary", action="store_true", help="print the per-chapter summary of --out as markdown and run nothing")
+    p.add_argument("--append", action="store_true",
+                   help="add these runs to each chapter's runs already in --out (other seeds or kernel sets, run at another "
+                        "time) instead of replacing them; a run with the same seed and kernel set is replaced")  # fmt: skip
     args = p.parse_args(argv)
     if args.summary:
         print(summary_table(json.loads(Path(args.out).read_text())))
@@ -163,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         with ThreadPoolExecutor(args.jobs) as pool:
             runs = list(pool.map(lambda sk, path=path: run_one(path, sk[0], sk[1], args.timeout), plan))
-        result["chapters"][path.stem] = {
+        entry = {
             "date": time.strftime("%Y-%m-%d %H:%M"),
             "commit": source_commit(path),
             "cpu": cpu_model(),
@@ -171,10 +181,13 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__,
             "jobs": args.jobs,
             "seconds": round(time.perf_counter() - start, 1),
-            "runs": runs,
-            "summary": summarize(runs),
-            "findings": summarize_findings(runs),
         }
+        old = result["chapters"].get(path.stem) if args.append else None
+        if old is not None:
+            runs = append_runs(old["runs"], runs)
+            entry = {k: v if old.get(k) in (None, v) else f"{old[k]}; then {v}" for k, v in entry.items()}
+            entry["seconds"] = round(old["seconds"] + (time.perf_counter() - start), 1)
+        result["chapters"][path.stem] = {**entry, "runs": runs, "summary": summarize(runs), "findings": summarize_findings(runs)}
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1) + "\n")  # after each chapter: a long run keeps what it measured
         print(table({"chapters": {path.stem: result["chapters"][path.stem]}}), flush=True)
