@@ -70,10 +70,16 @@ def run_bench(chapter: Path, env: dict[str, str], timeout: int) -> dict:
         return json.loads(out.read_text())["chapters"][0]
 
 
+def kernel_env(kernels: str, unset: tuple[str, ...] = ()) -> dict[str, str]:
+    """This process's environment without ``GENBOOK_STRICT``, any kernel variable and ``unset``, then the kernel
+    set's variables: what a run under ``kernels`` is given."""
+    drop = ("GENBOOK_STRICT", *KERNELS["avx2"], *unset)
+    return {**{k: v for k, v in os.environ.items() if k not in drop}, **KERNELS[kernels]}
+
+
 def run_one(chapter: Path, seed: int, kernels: str, timeout: int) -> dict:
     """One chapter, one seed, one kernel set, in its own process (bench.py), one torch thread."""
-    env = {k: v for k, v in os.environ.items() if k not in ("GENBOOK_STRICT", *KERNELS["avx2"])}
-    env.update(KERNELS[kernels])
+    env = kernel_env(kernels)
     env.update({"GENBOOK_SEED": str(seed), "GENBOOK_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     row = run_bench(chapter, env, timeout)
     if "metrics" not in row:
@@ -173,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         with ThreadPoolExecutor(args.jobs) as pool:
             runs = list(pool.map(lambda sk, path=path: run_one(path, sk[0], sk[1], args.timeout), plan))
+        seconds = time.perf_counter() - start
         entry = {
             "date": time.strftime("%Y-%m-%d %H:%M"),
             "commit": source_commit(path),
@@ -180,13 +187,13 @@ def main(argv: list[str] | None = None) -> int:
             "native kernels": torch.backends.cpu.get_cpu_capability(),
             "torch": torch.__version__,
             "jobs": args.jobs,
-            "seconds": round(time.perf_counter() - start, 1),
         }
         old = result["chapters"].get(path.stem) if args.append else None
-        if old is not None:
+        if old is not None:  # the old runs stay; where a field differs, both values are kept
             runs = append_runs(old["runs"], runs)
             entry = {k: v if old.get(k) in (None, v) else f"{old[k]}; then {v}" for k, v in entry.items()}
-            entry["seconds"] = round(old["seconds"] + (time.perf_counter() - start), 1)
+            seconds += old["seconds"]
+        entry["seconds"] = round(seconds, 1)
         result["chapters"][path.stem] = {**entry, "runs": runs, "summary": summarize(runs), "findings": summarize_findings(runs)}
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1) + "\n")  # after each chapter: a long run keeps what it measured

@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
-from robustness import KERNELS, run_bench, source_commit  # noqa: E402
+from robustness import KERNELS, kernel_env, run_bench, source_commit  # noqa: E402
 
 from bench import chapters  # noqa: E402
 from genbook.runtime import cpu_kernels, cpu_model  # noqa: E402
@@ -38,9 +38,7 @@ def budget(stem: str) -> int:
 
 def run(chapter: Path, kernels: str, timeout: int) -> dict:
     """One chapter under one kernel set, alone, torch at its default threads."""
-    unset = ("GENBOOK_STRICT", "GENBOOK_THREADS", "GENBOOK_SEED", "OMP_NUM_THREADS", "MKL_NUM_THREADS", *KERNELS["avx2"])
-    env = {k: v for k, v in os.environ.items() if k not in unset}
-    env.update(KERNELS[kernels])
+    env = kernel_env(kernels, unset=("GENBOOK_THREADS", "GENBOOK_SEED", "OMP_NUM_THREADS", "MKL_NUM_THREADS"))
     row = run_bench(chapter, env, timeout)
     keep = ("ran", "error", "chapter_seconds", "wall_seconds", "device", "cpu_use", "speed_probe_ms", "checks_passed", "checks_total",
             "not_held")  # fmt: skip
