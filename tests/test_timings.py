@@ -61,3 +61,21 @@ def test_each_chapter_runs_alone_at_default_threads_in_alternating_order(fake_be
     printed = capsys.readouterr().out
     assert "| 01_introduction | 180 | 100 | 120 | 1.20 |" in printed
     assert timings.budget("08_text_to_image") == 240 and timings.budget("11_video") == 180
+
+
+def test_append_replaces_the_timed_chapters_and_keeps_the_others(fake_bench, tmp_path):
+    out = tmp_path / "timings.json"
+    assert timings.main(["--chapters", "01", "02", "--kernels", "native", "--out", str(out)]) == 0
+    before = json.loads(out.read_text())
+    before["chapters"]["01_introduction"]["native"]["chapter_seconds"] = 99.0  # an older measurement of chapter 1
+    before["chapters"]["02_vae"]["native"]["chapter_seconds"] = 77.0
+    before["date"], before["method"] = "2026-01-01 00:00", "by hand"
+    out.write_text(json.dumps(before))
+    assert timings.main(["--chapters", "02", "--kernels", "native", "--out", str(out), "--append"]) == 0
+    after = json.loads(out.read_text())
+    assert list(after["chapters"]) == ["01_introduction", "02_vae"]
+    assert after["chapters"]["01_introduction"]["native"]["chapter_seconds"] == 99.0  # kept
+    assert after["chapters"]["02_vae"]["native"]["chapter_seconds"] == 100.0  # replaced
+    assert after["date"].startswith("2026-01-01 00:00; then ") and after["cpu"] == before["cpu"]
+    assert after["method"] == "by hand"  # a field only the old file has stays
+    assert "date" in after["chapters"]["02_vae"]
