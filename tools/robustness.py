@@ -89,6 +89,11 @@ def run_one(chapter: Path, seed: int, kernels: str, timeout: int) -> dict:
             "checks": checks, "findings": row.get("findings", {})}  # fmt: skip
 
 
+def join_fields(old: dict, new: dict) -> dict:
+    """``new``'s fields, each one that ``old`` holds with another value written "old; then new"."""
+    return {k: v if old.get(k) in (None, v) else f"{old[k]}; then {v}" for k, v in new.items()}
+
+
 def append_runs(old: list[dict], new: list[dict]) -> list[dict]:
     """``old`` runs followed by ``new`` ones, a new run replacing an old one with the same seed and kernel set."""
     fresh = {(r["seed"], r["kernels"]) for r in new}
@@ -191,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         old = result["chapters"].get(path.stem) if args.append else None
         if old is not None:  # the old runs stay; where a field differs, both values are kept
             runs = append_runs(old["runs"], runs)
-            entry = {k: v if old.get(k) in (None, v) else f"{old[k]}; then {v}" for k, v in entry.items()}
+            entry = join_fields(old, entry)
             seconds += old["seconds"]
         entry["seconds"] = round(seconds, 1)
         result["chapters"][path.stem] = {**entry, "runs": runs, "summary": summarize(runs), "findings": summarize_findings(runs)}

@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
-from robustness import KERNELS, kernel_env, run_bench, source_commit  # noqa: E402
+from robustness import KERNELS, join_fields, kernel_env, run_bench, source_commit  # noqa: E402
 
 from bench import chapters  # noqa: E402
 from genbook.runtime import cpu_kernels, cpu_model  # noqa: E402
@@ -63,7 +63,7 @@ def merge(old: dict, new: dict) -> dict:
     """``old``'s rows with ``new``'s chapters replacing or joining them, in chapter order; a top-level field that
     differs keeps both values."""
     meta = {k: v for k, v in old.items() if k != "chapters"}  # a field only the old file has (a method note) stays
-    meta.update({k: v if old.get(k) in (None, v) else f"{old[k]}; then {v}" for k, v in new.items() if k != "chapters"})
+    meta.update(join_fields(old, {k: v for k, v in new.items() if k != "chapters"}))
     rows = {**old.get("chapters", {}), **new["chapters"]}
     return {**meta, "chapters": dict(sorted(rows.items()))}
 
