@@ -83,3 +83,25 @@ def test_append_adds_runs_to_a_chapter_and_replaces_a_repeated_one(fake_bench, t
     assert ch["seconds"] >= first["seconds"] and ch["commit"] == first["commit"]  # the same tree: one commit named
     robustness.main(["--chapters", "01", "--seeds", "2", "--kernels", "native", "--out", str(out)])  # no --append
     assert [r["seed"] for r in json.loads(out.read_text())["chapters"]["01_introduction"]["runs"]] == [2]
+
+
+def test_threads_reach_the_run_and_keep_it_apart_from_the_one_thread_run(fake_bench, tmp_path, capsys):
+    chapter = ROOT / "chapters" / "01_introduction.ipynb"
+    two = robustness.run_one(chapter, 0, "native", 60, threads=2)
+    env = fake_bench[-1]
+    assert env["GENBOOK_THREADS"] == "2" and env["OMP_NUM_THREADS"] == "2" and env["MKL_NUM_THREADS"] == "2"
+    assert two["threads"] == 2 and robustness.setting(two) == "native/2t"
+    assert "threads" not in robustness.run_one(chapter, 0, "native", 60)  # one thread: the runs already stored
+    out = tmp_path / "robustness.json"
+    robustness.main(["--chapters", "01", "--seeds", "0", "1", "--kernels", "native", "--out", str(out)])
+    capsys.readouterr()
+    robustness.main(["--chapters", "01", "--seeds", "0", "--kernels", "native", "--threads", "2", "--jobs", "1",
+                     "--out", str(out), "--append"])  # fmt: skip
+    ch = json.loads(out.read_text())["chapters"]["01_introduction"]
+    assert [(r["seed"], robustness.setting(r)) for r in ch["runs"]] == [(0, "native"), (1, "native"), (0, "native/2t")]
+    assert ch["summary"]["claim"] == {"held": 3, "runs": 3, "values": ["0", "1", "0"]}
+    printed = capsys.readouterr().out
+    assert "(1/2 threads, 2; then 1 at a time)" in printed and "s0/native/2t" in printed
+    assert "| 01_introduction | 3 (0/1 x native/native/2t) | 2 of 2 | none |" in robustness.summary_table(json.loads(out.read_text()))
+    with pytest.raises(SystemExit):
+        robustness.main(["--chapters", "01", "--threads", "0", "--out", str(out)])

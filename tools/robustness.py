@@ -1,7 +1,7 @@
 """The robustness protocol: run chapters under several seeds and kernel sets, and tabulate every check in every run.
 
 Usage: python tools/robustness.py [--chapters 05 08] [--seeds 0 1 2] [--kernels native default] [--jobs 2]
-                                  [--out bench/robustness.json] [--append]
+                                  [--threads 1] [--out bench/robustness.json] [--append]
 
 A training run amplifies float-level differences between machines (another CPU's vector kernels change a convolution
 in the 6th digit, and a GAN a few hundred steps later), so a claim whose margin was chosen on one machine can fail on
@@ -15,11 +15,15 @@ the next. This stands in for other machines cheaply: each chapter runs once per 
   the twofold slowdown measured on one AVX2-only host.
 
 Runs go ``--jobs`` at a time, each with one torch thread (two processes with two threads each on two cores slow each
-other several times over). Checks do not raise here (no ``GENBOOK_STRICT``): every check's value is recorded in every
-run. The results are merged into ``--out`` chapter by chapter (a chapter run again replaces its old runs; with
-``--append`` they join its old runs, one with the same seed and kernel set replaced), and a table says, for each
-check, in how many runs it held and the values it took. Exit status 1 when any check did not hold in some run or a
-chapter failed to run. Not part of CI: six runs of a chapter take a quarter of an hour.
+other several times over). ``--threads 2 --jobs 1`` runs them at two threads instead, as a reader runs a chapter:
+another way to sum a reduction, so other float results again; on 2026-12-07 two chapter settings that held in all six
+one-thread runs failed a check at two threads (``bench/HISTORY.md``). A run at other than one thread is labelled with
+its threads ("s0/native/2t") and kept apart from the one-thread run of its seed and kernel set. Checks do not raise
+here (no ``GENBOOK_STRICT``): every check's value is recorded in every run. The results are merged into ``--out``
+chapter by chapter (a chapter run again replaces its old runs; with ``--append`` they join its old runs, one with the
+same seed, kernel set and threads replaced), and a table says, for each check, in how many runs it held and the
+values it took. Exit status 1 when any check did not hold in some run or a chapter failed to run. Not part of CI: six
+runs of a chapter take a quarter of an hour.
 """
 
 from __future__ import annotations
@@ -77,16 +81,24 @@ def kernel_env(kernels: str, unset: tuple[str, ...] = ()) -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if k not in drop}, **KERNELS[kernels]}
 
 
-def run_one(chapter: Path, seed: int, kernels: str, timeout: int) -> dict:
-    """One chapter, one seed, one kernel set, in its own process (bench.py), one torch thread."""
+def run_one(chapter: Path, seed: int, kernels: str, timeout: int, threads: int = 1) -> dict:
+    """One chapter, one seed, one kernel set, in its own process (bench.py), with ``threads`` torch threads (a run
+    at other than one thread records them)."""
     env = kernel_env(kernels)
-    env.update({"GENBOOK_SEED": str(seed), "GENBOOK_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    n = str(threads)
+    env.update({"GENBOOK_SEED": str(seed), "GENBOOK_THREADS": n, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n})
     row = run_bench(chapter, env, timeout)
+    run = {"seed": seed, "kernels": kernels, **({"threads": threads} if threads != 1 else {})}
     if "metrics" not in row:
-        return {"seed": seed, "kernels": kernels, "ran": False, "error": row["error"], "checks": {}}
+        return {**run, "ran": False, "error": row["error"], "checks": {}}
     checks = {name: {"ok": name not in row["not_held"], "value": value} for name, value in row["metrics"].items()}
-    return {"seed": seed, "kernels": kernels, "ran": row["ran"], "error": row["error"], "wall_seconds": row["wall_seconds"],
-            "checks": checks, "findings": row.get("findings", {})}  # fmt: skip
+    return {**run, "ran": row["ran"], "error": row["error"], "wall_seconds": row["wall_seconds"], "checks": checks,
+            "findings": row.get("findings", {})}  # fmt: skip
+
+
+def setting(run: dict) -> str:
+    """A run's kernel set, with its torch threads when not one: "native", "native/2t"."""
+    return run["kernels"] + (f"/{run['threads']}t" if run.get("threads", 1) != 1 else "")
 
 
 def join_fields(old: dict, new: dict) -> dict:
@@ -95,9 +107,10 @@ def join_fields(old: dict, new: dict) -> dict:
 
 
 def append_runs(old: list[dict], new: list[dict]) -> list[dict]:
-    """``old`` runs followed by ``new`` ones, a new run replacing an old one with the same seed and kernel set."""
-    fresh = {(r["seed"], r["kernels"]) for r in new}
-    return [r for r in old if (r["seed"], r["kernels"]) not in fresh] + new
+    """``old`` runs followed by ``new`` ones, a new run replacing an old one with the same seed, kernel set and
+    threads."""
+    fresh = {(r["seed"], setting(r)) for r in new}
+    return [r for r in old if (r["seed"], setting(r)) not in fresh] + new
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -120,14 +133,20 @@ def summarize_findings(runs: list[dict]) -> dict:
     return {name: [r["findings"][name] for r in runs if name in r.get("findings", {})] for name in names}
 
 
+def threads_said(runs: list[dict]) -> str:
+    """The threads the runs had: "one thread" when every run had one, else "1/2 threads" and the like."""
+    counts = sorted({r.get("threads", 1) for r in runs})
+    return "one thread" if counts == [1] else "/".join(map(str, counts)) + " threads"
+
+
 def table(result: dict) -> str:
     lines = []
     for stem, ch in result["chapters"].items():
         walls = [r["wall_seconds"] for r in ch["runs"] if r.get("wall_seconds")]
         ran = sum(r["ran"] for r in ch["runs"])
         lines.append(f"\n## {stem}: {ran}/{len(ch['runs'])} runs completed; wall {min(walls, default=0):.0f}-{max(walls, default=0):.0f} s "
-                     f"(one thread, {ch['jobs']} at a time)")  # fmt: skip
-        lines.append("| check | held | values (" + ", ".join(f"s{r['seed']}/{r['kernels']}" for r in ch["runs"]) + ") |")
+                     f"({threads_said(ch['runs'])}, {ch['jobs']} at a time)")  # fmt: skip
+        lines.append("| check | held | values (" + ", ".join(f"s{r['seed']}/{setting(r)}" for r in ch["runs"]) + ") |")
         lines.append("|---|---|---|")
         for name, s in ch["summary"].items():
             mark = "" if s["held"] == s["runs"] else " **"
@@ -136,7 +155,7 @@ def table(result: dict) -> str:
             lines.append(f"| finding (not checked): {name} | n/a | {' · '.join(values)} |")
         for r in ch["runs"]:
             if not r["ran"]:
-                lines.append(f"- seed {r['seed']}, {r['kernels']}: did not run to the end: {r['error']}")
+                lines.append(f"- seed {r['seed']}, {setting(r)}: did not run to the end: {r['error']}")
     return "\n".join(lines)
 
 
@@ -150,7 +169,7 @@ def summary_table(result: dict) -> str:
             lines.append(f"| {stem} | not run under the protocol yet | | |")
             continue
         runs = ch["runs"]
-        plan = f"{len(runs)} ({'/'.join(sorted({str(r['seed']) for r in runs}))} x {'/'.join(sorted({r['kernels'] for r in runs}))})"
+        plan = f"{len(runs)} ({'/'.join(sorted({str(r['seed']) for r in runs}))} x {'/'.join(sorted({setting(r) for r in runs}))})"
         held = [n for n, s in ch["summary"].items() if s["held"] == s["runs"]]
         missed = [f"{n} ({s['held']}/{s['runs']})" for n, s in ch["summary"].items() if s["held"] < s["runs"]]
         lines.append(f"| {stem} | {plan} | {len(held)} of {len(ch['summary'])} | {'; '.join(missed) or 'none'} |")
@@ -162,19 +181,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chapters", nargs="*", default=None, help="chapter number prefixes (05 08) or stems; default all")
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     p.add_argument("--kernels", nargs="*", choices=tuple(KERNELS), default=["native", "default"])
-    p.add_argument("--jobs", type=int, default=2, help="runs at a time, one torch thread each")
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per run (2 with --jobs 1 on two cores: as a reader runs a chapter)")  # fmt: skip
     p.add_argument("--out", default=str(ROOT / "bench" / "robustness.json"))
     p.add_argument("--timeout", type=int, default=1800, help="seconds one cell may run")
     p.add_argument("--summary", action="store_true", help="print the per-chapter summary of --out as markdown and run nothing")
     p.add_argument("--append", action="store_true",
                    help="add these runs to each chapter's runs already in --out (other seeds or kernel sets, run at another "
-                        "time) instead of replacing them; a run with the same seed and kernel set is replaced")  # fmt: skip
+                        "time) instead of replacing them; a run with the same seed, kernel set and threads is replaced")  # fmt: skip
     args = p.parse_args(argv)
     if args.summary:
         print(summary_table(json.loads(Path(args.out).read_text())))
         return 0
-    if args.jobs < 1:
-        raise SystemExit("--jobs must be at least 1")
+    if args.jobs < 1 or args.threads < 1:
+        raise SystemExit("--jobs and --threads must each be at least 1")
+    if args.jobs * args.threads > (os.cpu_count() or 1):
+        print(f"note: {args.jobs} runs at a time with {args.threads} threads each is more threads than this machine's "
+              f"{os.cpu_count()} cores: the runs will slow each other (results are still valid)", flush=True)  # fmt: skip
     out = Path(args.out)
     result = json.loads(out.read_text()) if out.exists() else {"chapters": {}}
     import torch
@@ -183,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = [(s, k) for s in args.seeds for k in args.kernels]
         start = time.perf_counter()
         with ThreadPoolExecutor(args.jobs) as pool:
-            runs = list(pool.map(lambda sk, path=path: run_one(path, sk[0], sk[1], args.timeout), plan))
+            runs = list(pool.map(lambda sk, path=path: run_one(path, sk[0], sk[1], args.timeout, args.threads), plan))
         seconds = time.perf_counter() - start
         entry = {
             "date": time.strftime("%Y-%m-%d %H:%M"),
