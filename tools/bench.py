@@ -30,10 +30,12 @@ import time
 from pathlib import Path
 
 import nbformat
-from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError, CellTimeoutError
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+from kernels import notebook_client  # noqa: E402
+
 T4_MB = 15 * 1024  # a 16 GB T4 leaves about 15 GB to PyTorch's tensors
 
 
@@ -55,12 +57,14 @@ def run_chapter(path: Path, profile: str, timeout: int, smoke: str = "0") -> dic
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)  # the kernel inherits this process's environment
         nb = nbformat.read(path, as_version=4)
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+        client = notebook_client(nb, tmp, timeout, path.parent)  # IPC sockets in tmp: no port race with a parallel run
         start, error = time.perf_counter(), None
         try:
             client.execute()
-        except (CellExecutionError, CellTimeoutError) as exc:
+        except (CellExecutionError, CellTimeoutError, DeadKernelError) as exc:
             error = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
+        except RuntimeError as exc:  # the kernel did not start (nbclient: "Kernel died before replying to kernel_info")
+            error = f"kernel did not start: {exc}"[:300]
         finally:
             for k, v in saved.items():
                 if v is None:
