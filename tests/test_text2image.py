@@ -486,3 +486,50 @@ def test_cached_text_gives_the_model_output_and_encodes_each_caption_batch_once(
     with torch.no_grad():
         other = vocab.encode(["a big green triangle", "a yellow box on the left"])
         assert torch.allclose(cached(x, tt, other), den(x, tt, other), atol=1e-6)  # new captions are encoded anew
+
+
+def test_caption_features_train_the_denoiser_as_the_tokens_would():
+    torch.manual_seed(0)
+    vocab = t2i.Vocabulary()
+    den = t2i.TextDiT(t2i.TextEncoder(len(vocab), dim=16, depth=1), channels=4, size=4, dim=16, depth=1, heads=4)
+    for block in den.blocks:
+        torch.nn.init.normal_(block.cross.proj.weight, std=0.2)
+    torch.nn.init.normal_(den.out.weight, std=0.2)
+    tokens = vocab.encode(["a red square at the top", "a small blue disc", "a big green triangle"])
+    calls = []
+    den.text.register_forward_hook(lambda *_: calls.append(1))
+    table = t2i.CaptionFeatures(den, tokens, batch=2)
+    assert len(table) == 3 and len(calls) == 2  # four rows (the empty caption last) in batches of two, once
+    eps = table.eps(den)
+    idx = torch.tensor([2, -1, 0, 1, -1])  # -1: a dropped caption, as diffusion.eps_loss writes it
+    x, t = torch.randn(5, 4, 4, 4), torch.tensor([900, 500, 100, 10, 700])
+    rows = torch.where(idx[:, None] < 0, torch.full_like(tokens[:1], -1), tokens[idx])
+    got, want = eps(x, t, idx), den(x, t, rows)
+    assert torch.allclose(got, want, atol=1e-6) and (got[1] - got[0]).abs().max() > 1e-3
+    # the gradient reaches the denoiser as through the tokens, and not the frozen encoder
+    g_got = torch.autograd.grad(got.square().sum(), den.out.weight)[0]
+    g_want = torch.autograd.grad(den(x, t, rows).square().sum(), den.out.weight)[0]
+    assert torch.allclose(g_got, g_want, atol=1e-5)
+    assert not table.h.requires_grad
+    # eps_loss's caption dropout works on indices: same loss, same random draws, as on the tokens
+    sched = dif.cosine_schedule(1000)
+    idx = torch.arange(3)
+    torch.manual_seed(1)
+    a = dif.eps_loss(eps, sched, x[:3], idx, p_uncond=0.5)
+    torch.manual_seed(1)
+    b = dif.eps_loss(den, sched, x[:3], tokens, p_uncond=0.5)
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_caption_features_refuse_a_trained_encoder_and_another_model():
+    vocab = t2i.Vocabulary()
+    tokens = vocab.encode(["a red square"])
+    trained = t2i.TextDiT(t2i.TextEncoder(len(vocab), dim=16, depth=1), dim=16, depth=1, freeze_text=False)
+    with pytest.raises(ValueError, match="frozen text encoder"):
+        t2i.CaptionFeatures(trained, tokens)
+    den = t2i.TextDiT(t2i.TextEncoder(len(vocab), dim=16, depth=1), dim=16, depth=1)
+    with pytest.raises(ValueError, match="token ids"):
+        t2i.CaptionFeatures(den, tokens.float())
+    other = t2i.TextDiT(t2i.TextEncoder(len(vocab), dim=16, depth=1), dim=16, depth=1)
+    with pytest.raises(ValueError, match="another text encoder"):
+        t2i.CaptionFeatures(den, tokens).eps(other)
