@@ -38,3 +38,20 @@ def test_nbval_kernels_use_ipc_sockets():
     km, other = nbval.kernel.KernelManager(kernel_name="python3"), nbval.kernel.KernelManager(kernel_name="python3")
     assert km.transport == "ipc" and other.transport == "ipc"
     assert km.ip != other.ip and len(km.ip) < 90
+
+
+def test_bench_reports_a_kernel_that_did_not_start_and_goes_on(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "tools" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    class DeadOnArrival:
+        def execute(self):
+            raise RuntimeError("Kernel died before replying to kernel_info")
+
+    monkeypatch.setattr(bench, "notebook_client", lambda *args: DeadOnArrival())
+    path = tmp_path / "99_probe.ipynb"
+    nbformat.write(_probe_notebook(), path)
+    row = bench.run_chapter(path, "fast", 60)
+    assert row["ran"] is False and row["ok"] is False
+    assert row["error"].startswith("kernel did not start") and "kernel_info" in row["error"]

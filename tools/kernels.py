@@ -26,7 +26,8 @@ def ipc_config(folder: str | Path) -> Config:
 
 
 def notebook_client(nb: nbformat.NotebookNode, folder: str | Path, timeout: int, cwd: Path) -> NotebookClient:
-    """An nbclient runner for ``nb`` (kernel ``python3``, working directory ``cwd``) whose kernel uses IPC in ``folder``."""
+    """An nbclient runner for ``nb`` (kernel ``python3``, working directory ``cwd``) whose kernel uses IPC in ``folder``:
+    one kernel at a time per folder, since two kernels there would pick the same numbered socket files."""
     return NotebookClient(nb, timeout=timeout, kernel_name="python3", config=ipc_config(folder), resources={"metadata": {"path": str(cwd)}})
 
 

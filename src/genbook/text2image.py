@@ -317,7 +317,7 @@ class CachedText:
 class CaptionFeatures:
     """A frozen text encoder's features of a fixed table of captions, computed once, for training a ``TextDiT`` on
     them: with the encoder frozen, a caption's features never change, so encoding each batch's captions at every
-    step would compute the same features again (an eighth of chapter 8's denoiser step). Train on caption indices:
+    step would compute the same features again (about a tenth of chapter 8's denoiser step). Train on caption indices:
     ``Batches(latents, torch.arange(len(features)))`` and ``eps_loss(features.eps(model), ...)``. Row ``i`` is caption
     ``i``; index -1, what ``diffusion.eps_loss``'s caption dropout writes, is the empty caption, kept as the last row.
     The eps function gives ``model(x, t, tokens[i])`` for index ``i`` (the same features, computed in bigger batches,
@@ -332,6 +332,7 @@ class CaptionFeatures:
         if tokens.dim() != 2 or tokens.is_floating_point():
             raise ValueError(f"tokens must be token ids (captions, length), got {tuple(tokens.shape)} {tokens.dtype}")
         rows = torch.cat([tokens, torch.full_like(tokens[:1], -1)])  # the empty caption last, at index -1
+        rows = rows.to(model.pos.device)  # the table lives where the model does
         parts = [model.encode_text(chunk) for chunk in rows.split(batch)]
         self.h, self.mask = torch.cat([h for h, _ in parts]), torch.cat([m for _, m in parts])
         self.model = model
@@ -340,7 +341,8 @@ class CaptionFeatures:
         return len(self.h) - 1  # the captions, without the empty one
 
     def eps(self, model: TextDiT):
-        """eps_theta(x_t, t, i) of ``model`` (the ``TextDiT`` being trained, whose frozen encoder made the table)."""
+        """eps_theta(x_t, t, i) of ``model`` (the ``TextDiT`` being trained, whose frozen encoder made the table). It
+        calls ``model.denoise``, so under ``GENBOOK_COMPILE=1`` this loop runs uncompiled (``fit`` compiles ``forward``)."""
         if model.text is not self.model.text:
             raise ValueError("these features come from another text encoder: build CaptionFeatures from this model")
         return lambda x, t, i: model.denoise(x, t, self.h[i], self.mask[i])
