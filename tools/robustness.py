@@ -21,7 +21,9 @@ one-thread runs failed a check at two threads (``bench/HISTORY.md``). A run at o
 its threads ("s0/native/2t") and kept apart from the one-thread run of its seed and kernel set. Checks do not raise
 here (no ``GENBOOK_STRICT``): every check's value is recorded in every run. The results are merged into ``--out``
 chapter by chapter (a chapter run again replaces its old runs; with ``--append`` they join its old runs, one with the
-same seed, kernel set and threads replaced), and a table says, for each check, in how many runs it held and the
+same seed, kernel set and threads replaced; the entry's date, commit, CPU and jobs then list every invocation that
+wrote to it, in order, including one whose runs were all replaced later, and its seconds add them all up: each run's
+own wall time is in the run), and a table says, for each check, in how many runs it held and the
 values it took. Exit status 1 when any check did not hold in some run or a chapter failed to run. Not part of CI: six
 runs of a chapter take a quarter of an hour.
 """
