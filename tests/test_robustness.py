@@ -81,6 +81,8 @@ def test_append_adds_runs_to_a_chapter_and_replaces_a_repeated_one(fake_bench, t
     assert ch["summary"]["claim"] == {"held": 2, "runs": 3, "values": ["0", "1", "2"]}
     assert ch["findings"] == {"ranking": ["-1", "+0", "+1"]}
     assert ch["seconds"] >= first["seconds"] and ch["commit"] == first["commit"]  # the same tree: one commit named
+    assert ch["runs"][0]["date"] == first["runs"][0]["date"] and ch["runs"][0]["jobs"] == 2  # the kept run's own record
+    assert all(r["commit"] == ch["commit"] and r["cpu"] == ch["cpu"] for r in ch["runs"])
     robustness.main(["--chapters", "01", "--seeds", "2", "--kernels", "native", "--out", str(out)])  # no --append
     assert [r["seed"] for r in json.loads(out.read_text())["chapters"]["01_introduction"]["runs"]] == [2]
 

@@ -22,8 +22,8 @@ its threads ("s0/native/2t") and kept apart from the one-thread run of its seed 
 here (no ``GENBOOK_STRICT``): every check's value is recorded in every run. The results are merged into ``--out``
 chapter by chapter (a chapter run again replaces its old runs; with ``--append`` they join its old runs, one with the
 same seed, kernel set and threads replaced; the entry's date, commit, CPU and jobs then list every invocation that
-wrote to it, in order, including one whose runs were all replaced later, and its seconds add them all up: each run's
-own wall time is in the run), and a table says, for each check, in how many runs it held and the
+wrote to it, in order, including one whose runs were all replaced later, and its seconds add them all up; each run
+records its own date, commit, CPU, jobs and wall time), and a table says, for each check, in how many runs it held and the
 values it took. Exit status 1 when any check did not hold in some run or a chapter failed to run. Not part of CI: six
 runs of a chapter take a quarter of an hour.
 """
@@ -219,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__,
             "jobs": args.jobs,
         }
+        for r in runs:  # each run keeps where and when it was made, which the entry's joined fields cannot say
+            r.update({"date": entry["date"], "commit": entry["commit"], "cpu": entry["cpu"], "jobs": args.jobs})
         old = result["chapters"].get(path.stem) if args.append else None
         if old is not None:  # the old runs stay; where a field differs, both values are kept
             runs = append_runs(old["runs"], runs)
