@@ -75,13 +75,15 @@ def test_append_adds_runs_to_a_chapter_and_replaces_a_repeated_one(fake_bench, t
     out = tmp_path / "robustness.json"
     robustness.main(["--chapters", "01", "--seeds", "0", "1", "--kernels", "native", "--out", str(out)])
     first = json.loads(out.read_text())["chapters"]["01_introduction"]
-    robustness.main(["--chapters", "01", "--seeds", "1", "2", "--kernels", "native", "--out", str(out), "--append"])
+    robustness.main(["--chapters", "01", "--seeds", "1", "2", "--kernels", "native", "--jobs", "1", "--out", str(out), "--append"])
     ch = json.loads(out.read_text())["chapters"]["01_introduction"]
     assert [r["seed"] for r in ch["runs"]] == [0, 1, 2]  # seed 1 run again: its new run replaces the old one
     assert ch["summary"]["claim"] == {"held": 2, "runs": 3, "values": ["0", "1", "2"]}
     assert ch["findings"] == {"ranking": ["-1", "+0", "+1"]}
     assert ch["seconds"] >= first["seconds"] and ch["commit"] == first["commit"]  # the same tree: one commit named
-    assert ch["runs"][0]["date"] == first["runs"][0]["date"] and ch["runs"][0]["jobs"] == 2  # the kept run's own record
+    assert ch["jobs"] == "2; then 1"  # the entry lists both invocations ...
+    assert [r["jobs"] for r in ch["runs"]] == [2, 1, 1]  # ... each run keeps its own: the kept seed 0, the new 1 and 2
+    assert ch["runs"][0]["date"] == first["runs"][0]["date"]
     assert all(r["commit"] == ch["commit"] and r["cpu"] == ch["cpu"] for r in ch["runs"])
     robustness.main(["--chapters", "01", "--seeds", "2", "--kernels", "native", "--out", str(out)])  # no --append
     assert [r["seed"] for r in json.loads(out.read_text())["chapters"]["01_introduction"]["runs"]] == [2]
